@@ -1,0 +1,114 @@
+"""The ``relay`` command: serve, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import redis.asyncio as aioredis
+import uvloop
+
+from relay import __version__, logs
+from relay.config import LOG_KNOBS, PREFIX_KNOB, REDIS_KNOB, SERVE_KNOBS, add_knobs, serve_config
+from relay.demo import SimOptions, run_demo
+from relay.producer import RedisPublisher, Simulator
+from relay.server import build_app, serve
+from relay.source.redis import RedisSource, connect
+
+
+def _sim_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("simulator")
+    group.add_argument("--symbols", type=int, default=3, help="number of symbols (default 3)")
+    group.add_argument(
+        "--rate", type=float, default=20.0, help="book updates/s per symbol (default 20)"
+    )
+    group.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=100,
+        help="refresh the snapshot hash every K book updates (default 100)",
+    )
+    group.add_argument("--depth", type=int, default=200, help="price levels per side (default 200)")
+    group.add_argument(
+        "--maxlen",
+        type=int,
+        default=10_000,
+        help="approximate stream length kept (MAXLEN ~, default 10000)",
+    )
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="relay", description=__doc__)
+    top.add_argument("--version", action="version", version=f"relay {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the relay",
+        description="Relay Redis Streams to WebSocket subscribers. Every flag can be set "
+        "by the RELAY_* environment variable named in its help.",
+    )
+    add_knobs(serve_cmd, SERVE_KNOBS, env)
+
+    sim = commands.add_parser("simulate", help="write a simulated market to Redis (a producer)")
+    add_knobs(sim, (REDIS_KNOB, PREFIX_KNOB, *LOG_KNOBS), env)
+    _sim_options(sim)
+    sim.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+
+    demo = commands.add_parser("demo", help="simulator + relay in one process, Redis optional")
+    add_knobs(demo, SERVE_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
+    _sim_options(demo)
+    return top
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    publisher = RedisPublisher(
+        aioredis.Redis.from_url(args.redis_url), args.key_prefix, args.maxlen
+    )
+    simulator = Simulator(
+        publisher,
+        symbols=args.symbols,
+        rate=args.rate,
+        snapshot_every=args.snapshot_every,
+        depth=args.depth,
+        seed=args.seed,
+    )
+    try:
+        await simulator.start()
+        print(
+            f"relay simulate: epoch {simulator.epoch}, writing "
+            f"{', '.join(simulator.channels())} to {args.redis_url}",
+            flush=True,
+        )
+        await simulator.run()
+    finally:
+        await publisher.close()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = serve_config(args)
+    source = RedisSource(
+        connect(config.redis_url, read_timeout=config.read_block_ms / 1000 + 5), config.key_prefix
+    )
+    await serve(build_app(config, source), config.host, config.port)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = parser(os.environ if env is None else env).parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    if args.command == "serve":
+        uvloop.run(_serve(args))
+    elif args.command == "simulate":
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(_simulate(args))
+    else:
+        options = SimOptions(args.symbols, args.rate, args.snapshot_every, args.depth, args.maxlen)
+        uvloop.run(run_demo(serve_config(args), options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Configuration, read once: ``RELAY_*`` environment variables, overridden by flags.
+
+Every knob is declared once: its default in ``ServeConfig``, its help in ``SERVE_KNOBS``.
+The argument parser and ``--help`` come from that table, so they cannot disagree.
+The environment is injected as a mapping, so tests pass a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Every knob of ``relay serve``; the defaults here are the documented defaults."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = "md:"
+    channels: tuple[str, ...] = ()
+    discovery_interval: float = 5.0
+    read_count: int = 1000
+    read_block_ms: int = 1000
+    history: int = 2000
+    trades_snapshot: int = 50
+    max_frame_bytes: int = 4096
+    max_subscriptions: int = 100
+    rate_limit: float = 20.0
+    rate_burst: float = 50.0
+    rate_strikes: int = 20
+    slow_consumer_bytes: int = 4 * 1024 * 1024
+    slow_close_timeout: float = 5.0
+    ping_interval: float = 20.0
+    shutdown_timeout: float = 20.0
+    backoff_base: float = 0.1
+    backoff_max: float = 5.0
+    ready_grace: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Knob:
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    flag_name: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "RELAY_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.flag_name or self.name.replace("_", "-"))
+
+
+def _channels(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _log_format(text: str) -> str:
+    if text not in {"json", "text"}:
+        raise argparse.ArgumentTypeError("log format is json or text")
+    return text
+
+
+_DEFAULTS = ServeConfig()
+
+
+def _knob(name: str, type_: Callable[[str], Any], help_: str, flag: str | None = None) -> Knob:
+    return Knob(name, type_, getattr(_DEFAULTS, name), help_, flag)
+
+
+REDIS_KNOB = _knob("redis_url", str, "Redis URL of the producers' streams", flag="redis")
+PREFIX_KNOB = _knob("key_prefix", str, "prefix of stream keys: <prefix>{<channel>}")
+LOG_KNOBS = (
+    _knob("log_level", str, "log level: debug, info, warning, error"),
+    _knob("log_format", _log_format, "log format: json (one event a line) or text"),
+)
+
+SERVE_KNOBS: tuple[Knob, ...] = (
+    _knob("host", str, "address to listen on"),
+    _knob("port", int, "port to listen on"),
+    REDIS_KNOB,
+    PREFIX_KNOB,
+    _knob("channels", _channels, "fixed comma-separated channel list; empty = discover"),
+    _knob("discovery_interval", float, "seconds between channel rescans and epoch checks"),
+    _knob("read_count", int, "XREAD COUNT: max entries per stream per read"),
+    _knob("read_block_ms", int, "XREAD BLOCK in milliseconds"),
+    _knob("history", int, "encoded updates kept per channel for resume"),
+    _knob("trades_snapshot", int, "last trades sent on subscribe to a trades channel"),
+    _knob("max_frame_bytes", int, "largest client frame accepted (close 1009 above)"),
+    _knob("max_subscriptions", int, "subscriptions per connection"),
+    _knob("rate_limit", float, "client messages per second per connection (sustained)"),
+    _knob("rate_burst", float, "client messages allowed in a burst per connection"),
+    _knob("rate_strikes", int, "consecutive rate-limited messages before close 1008"),
+    _knob("slow_consumer_bytes", int, "unsent bytes to one client before close 4000"),
+    _knob("slow_close_timeout", float, "seconds a slow consumer has to take its close frame"),
+    _knob("ping_interval", float, "seconds between WebSocket pings; no pong in half: dropped"),
+    _knob("shutdown_timeout", float, "seconds for an orderly shutdown on SIGTERM"),
+    _knob("backoff_base", float, "first retry delay after a Redis error, seconds"),
+    _knob("backoff_max", float, "cap of the retry delay after Redis errors, seconds"),
+    _knob("ready_grace", float, "seconds without Redis contact before /readyz fails"),
+    *LOG_KNOBS,
+)
+
+
+def add_knobs(
+    parser: argparse.ArgumentParser, knobs: tuple[Knob, ...], env: Mapping[str, str]
+) -> None:
+    """Add one flag per knob; its default comes from the environment, then the table."""
+    for knob in knobs:
+        raw = env.get(knob.env)
+        try:
+            default = knob.type(raw) if raw is not None else knob.default
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{knob.env}={raw!r}: {exc}")
+        shown = ",".join(knob.default) if isinstance(knob.default, tuple) else knob.default
+        parser.add_argument(
+            knob.flag,
+            dest=knob.name,
+            type=knob.type,
+            default=default,
+            metavar=knob.flag.rsplit("-", 1)[-1].upper(),
+            help=f"{knob.help} (env {knob.env}; default {shown!s})",
+        )
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    names = {f.name for f in dataclasses.fields(ServeConfig)}
+    return ServeConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def from_env(env: Mapping[str, str], **overrides: Any) -> ServeConfig:
+    """A ServeConfig from an environment mapping, then overrides (tests, embedding)."""
+    parser = argparse.ArgumentParser()
+    add_knobs(parser, SERVE_KNOBS, env)
+    return dataclasses.replace(serve_config(parser.parse_args([])), **overrides)

@@ -1,0 +1,119 @@
+"""One client connection as the fanout sees it: a socket to write pre-built frames to.
+
+Writes go straight to the connection's transport (the one aiohttp's own writer uses, see
+NOTES.md): frames are complete WebSocket frames built once for everybody, and aiohttp's
+frames (pings, close) interleave only at frame boundaries. A write never waits: when the
+transport's buffer passes the high-water mark the connection is marked slow, stops
+receiving, and is closed with 4000 by a task the connection's handler owns and awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from relay.core.protocol import CloseCode
+from relay.core.ratelimit import TokenBucket
+from relay.metrics import Metrics
+
+log = logging.getLogger("relay.connection")
+
+
+class Connection:
+    __slots__ = (
+        "_close_task",
+        "_transport",
+        "bucket",
+        "close_timeout",
+        "closed",
+        "high_water",
+        "id",
+        "metrics",
+        "remote",
+        "strikes",
+        "subscriptions",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        conn_id: int,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        remote: str,
+        *,
+        high_water: int,
+        close_timeout: float,
+        bucket: TokenBucket,
+        metrics: Metrics,
+    ) -> None:
+        self.id = conn_id
+        self.ws = ws
+        self._transport = transport
+        self.remote = remote
+        self.high_water = high_water
+        self.close_timeout = close_timeout
+        self.metrics = metrics
+        self.bucket = bucket
+        self.strikes = 0
+        self.subscriptions: set[str] = set()
+        self.closed = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    def deliver(self, data: bytes) -> bool:
+        """Write one buffer; False when the connection is gone or just became slow."""
+        if self.closed:
+            return False
+        transport = self._transport
+        if transport.is_closing():
+            self.closed = True
+            return False
+        transport.write(data)
+        return self._check_backlog(transport)
+
+    def deliver_many(self, chunks: Iterable[bytes]) -> bool:
+        """Several buffers in one write (one syscall where the buffer was empty)."""
+        if self.closed:
+            return False
+        transport = self._transport
+        if transport.is_closing():
+            self.closed = True
+            return False
+        transport.writelines(chunks)
+        return self._check_backlog(transport)
+
+    def _check_backlog(self, transport: asyncio.Transport) -> bool:
+        if transport.get_write_buffer_size() <= self.high_water:
+            return True
+        buffered = transport.get_write_buffer_size()
+        log.warning(
+            "slow consumer", extra={"conn": self.id, "remote": self.remote, "buffered": buffered}
+        )
+        self.metrics.slow_consumer_closes.inc()
+        self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer")
+        return False
+
+    def close_soon(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code`` without waiting here; the handler awaits ``wait_closed``."""
+        self.closed = True
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self.close(code, reason))
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        if self.ws.closed:
+            return
+        self.closed = True
+        self.metrics.closes.labels(str(int(code))).inc()
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await self.ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            # The peer never took its close frame (it is not reading): drop the socket.
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self._close_task is not None:
+            await self._close_task

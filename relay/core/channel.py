@@ -1,0 +1,195 @@
+"""One channel's state: sequencing, book or last trades, and the history of encoded updates.
+
+Invariants (contract rules 1-4):
+- While ``live``, ``seq`` is the seq of the last entry applied and the book (or trades) is
+  exactly the producer's state at that seq.
+- ``history`` holds the encoded update frames for the seqs ``seq - len(history) + 1 .. seq``,
+  contiguous, all of the current epoch.
+- An entry whose seq is not ``seq + 1``, or that is malformed, is never applied: the channel
+  stops being live and must be rebuilt from the producer's snapshot (``reset``) before it
+  produces frames again. Nothing is ever skipped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from itertools import islice
+from typing import Any
+
+import orjson
+
+from relay.core.book import Book, BookError
+from relay.core.entry import Entry, MalformedEntry, StreamEntry, parse_entry
+from relay.core.frames import snapshot_frame, update_frame
+
+CHANNEL_RE = re.compile(r"(?P<kind>[a-z][a-z0-9_]{0,19})\.(?P<symbol>[A-Za-z0-9_-]{1,40})")
+
+
+class Kind(StrEnum):
+    BOOK = "book"
+    TRADES = "trades"
+
+
+def parse_channel_name(name: str) -> Kind | None:
+    """The kind of a well-formed channel name, or None when the name or kind is not served."""
+    match = CHANNEL_RE.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return Kind(match["kind"])
+    except ValueError:
+        return None
+
+
+class ResyncReason(StrEnum):
+    GAP = "gap"
+    BACKWARDS = "backwards"
+    MALFORMED = "malformed"
+    EPOCH = "epoch"
+    SOURCE = "source"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    entry: Entry
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    reason: ResyncReason
+    detail: str
+
+
+Outcome = Applied | Resync
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Resume succeeded: these frames (possibly none) bring the client to the live seq."""
+
+    frames: list[bytes]
+
+
+class Channel:
+    """State of one channel. Fed entries in stream order; produces frames."""
+
+    def __init__(self, name: str, kind: Kind, *, history: int, trades_kept: int) -> None:
+        self.name = name
+        self.kind = kind
+        self._name_bytes = name.encode()
+        self.epoch = ""
+        self.seq = 0
+        self.ts = 0
+        self.live = False
+        self.book = Book()
+        self.trades: deque[bytes] = deque(maxlen=trades_kept)
+        self.history: deque[tuple[int, bytes]] = deque(maxlen=history)
+        self._snapshot: tuple[int, bytes] | None = None
+        self.snapshots_encoded = 0
+
+    # -- rebuilding -------------------------------------------------------------------
+
+    def reset(self, *, epoch: str, seq: int, ts: int, state: Any) -> None:
+        """Start over from the producer's state at ``seq``.
+
+        ``state`` is the snapshot payload for a book, or the raw ``data`` of the last
+        trades (oldest first) for a trades channel. Raises MalformedEntry when it is not
+        a valid state; the channel then stays not live.
+        """
+        self.live = False
+        if self.kind is Kind.BOOK:
+            try:
+                book = Book.from_payload(state)
+            except BookError as exc:
+                raise MalformedEntry(f"snapshot: {exc}") from exc
+            self.book = book
+        else:
+            self.trades.clear()
+            self.trades.extend(state)
+        self.epoch, self.seq, self.ts = epoch, seq, ts
+        self.history.clear()
+        self._snapshot = None
+        self.live = True
+
+    def mark_stale(self) -> None:
+        self.live = False
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def apply(self, raw: StreamEntry) -> Outcome:
+        """Apply the next stream entry; once per entry, whatever the number of subscribers."""
+        try:
+            entry = parse_entry(raw)
+        except MalformedEntry as exc:
+            return self._stale(ResyncReason.MALFORMED, f"entry {raw.id}: {exc}")
+        if entry.seq != self.seq + 1:
+            reason = ResyncReason.GAP if entry.seq > self.seq else ResyncReason.BACKWARDS
+            return self._stale(reason, f"entry {raw.id}: seq {entry.seq} after {self.seq}")
+        if self.kind is Kind.BOOK:
+            try:
+                self.book.apply(entry.payload)
+            except BookError as exc:
+                return self._stale(ResyncReason.MALFORMED, f"entry {raw.id}: {exc}")
+        else:
+            self.trades.append(entry.data)
+        self.seq, self.ts = entry.seq, entry.ts
+        frame = update_frame(self._name_bytes, entry.seq, entry.ts, entry.data)
+        self.history.append((entry.seq, frame))
+        return Applied(entry, frame)
+
+    def _stale(self, reason: ResyncReason, detail: str) -> Resync:
+        self.live = False
+        return Resync(reason, detail)
+
+    # -- greeting subscribers ---------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The encoded snapshot at the current seq; encoded once per seq, however many ask."""
+        cached = self._snapshot
+        if cached is not None and cached[0] == self.seq:
+            return cached[1]
+        data: Any
+        if self.kind is Kind.BOOK:
+            data = self.book.to_payload()
+        else:
+            data = {"trades": [orjson.Fragment(raw) for raw in self.trades]}
+        frame = snapshot_frame(self.name, self.epoch, self.seq, self.ts, data)
+        self._snapshot = (self.seq, frame)
+        self.snapshots_encoded += 1
+        return frame
+
+    def resume(self, epoch: str, seq: int) -> Replay | None:
+        """Frames after ``seq`` from history, or None when only a snapshot can help (rule 3)."""
+        if not self.live or epoch != self.epoch or seq > self.seq or seq < 0:
+            return None
+        if seq == self.seq:
+            return Replay([])
+        if not self.history:
+            return None
+        oldest = self.history[0][0]
+        if seq + 1 < oldest:
+            return None
+        return Replay([frame for _, frame in islice(self.history, seq + 1 - oldest, None)])
+
+
+def replay_after(channel: Channel, seq: int, entries: Iterable[StreamEntry]) -> Resync | None:
+    """Apply the entries that follow a snapshot at ``seq`` (cold start and rebuild).
+
+    Entries at or before the snapshot's seq are the past the snapshot already holds.
+    """
+    for raw in entries:
+        outcome = channel.apply(raw) if _seq_of(raw) > seq else None
+        if isinstance(outcome, Resync):
+            return outcome
+    return None
+
+
+def _seq_of(raw: StreamEntry) -> int:
+    value = raw.fields.get(b"seq", b"")
+    # A malformed seq is left to Channel.apply, which reports it properly.
+    return int(value) if value.isdigit() else 1 << 62

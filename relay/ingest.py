@@ -1,0 +1,203 @@
+"""The ingest loop: cold start, one blocking read loop over all streams, and rebuilds.
+
+Per channel (DESIGN.md, "State and recovery"):
+- book: read the snapshot hash, then the stream from the snapshot's id on; apply what
+  follows its seq. trades: read the last N entries.
+- then one XREAD BLOCK over every live channel's last id, with a large COUNT.
+- a gap, a backwards seq, a malformed entry or a new epoch marks the channel stale; it is
+  rebuilt from the snapshot before the next read and its subscribers get a fresh snapshot.
+  A channel that cannot be rebuilt yet (no snapshot, or the snapshot's successors were
+  trimmed) is retried on the next discovery tick. Never guessed.
+- a source error keeps every client connected: the loop backs off (capped, jittered) and
+  continues from the ids it holds, so nothing the stream still holds is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+
+from relay.backoff import Backoff
+from relay.config import ServeConfig
+from relay.core.channel import Kind, ResyncReason, parse_channel_name
+from relay.core.entry import MalformedEntry, StreamEntry, parse_entry
+from relay.hub import Hub
+from relay.metrics import Metrics
+from relay.source.base import Source, SourceUnavailable
+
+log = logging.getLogger("relay.ingest")
+
+_XRANGE_PAGE = 5000
+_REBUILD_RETRY = 1.0  # seconds
+
+
+class Ingestor:
+    def __init__(
+        self,
+        source: Source,
+        hub: Hub,
+        config: ServeConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.hub = hub
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.positions: dict[str, str] = {}
+        self.synced_once = False
+        self.last_contact: float | None = None
+        self._backoff = Backoff(config.backoff_base, config.backoff_max)
+        self._next_discovery = 0.0
+        # A channel whose rebuild failed waits before the next try, so a channel stuck on
+        # a bad entry costs Redis one snapshot read per second, not one per read batch.
+        self._retry_at: dict[str, float] = {}
+
+    def ready(self) -> bool:
+        """Initial state loaded and the source answered recently."""
+        if not self.synced_once or self.last_contact is None:
+            return False
+        return self.clock() - self.last_contact <= self.config.ready_grace
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+                self._backoff.reset()
+            except SourceUnavailable as exc:
+                self.metrics.redis_errors.inc()
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "source unavailable, retrying",
+                    extra={"error": str(exc), "retry_in": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
+
+    async def step(self) -> None:
+        """One turn: discovery when due, rebuilds when needed, then one blocking read."""
+        now = self.clock()
+        if now >= self._next_discovery:
+            await self.discover()
+            self._next_discovery = now + self.config.discovery_interval
+            self.last_contact = self.clock()
+        await self.sync_stale()
+        self.synced_once = True
+        if not self.positions:
+            await asyncio.sleep(self.config.read_block_ms / 1000)
+            return
+        batch = await self.source.read(
+            self.positions, self.config.read_block_ms, self.config.read_count
+        )
+        self.last_contact = self.clock()
+        if batch:
+            self.apply(batch)
+
+    def apply(self, batch: list[tuple[str, list[StreamEntry]]]) -> None:
+        for name, entries in batch:
+            if entries and name in self.positions:
+                self.positions[name] = entries[-1].id
+        for name, _ in self.hub.ingest(batch):
+            self.positions.pop(name, None)
+
+    async def discover(self) -> None:
+        names = list(self.config.channels) or await self.source.discover()
+        for name in names:
+            kind = parse_channel_name(name)
+            if kind is None:
+                continue
+            if name not in self.hub.channels:
+                self.hub.add_channel(name, kind)
+                log.info("channel discovered", extra={"channel": name})
+        live = [name for name, ch in self.hub.channels.items() if ch.live]
+        if not live:
+            return
+        for name, epoch in (await self.source.epochs(live)).items():
+            channel = self.hub.channels[name]
+            if channel.live and (epoch or "") != channel.epoch:
+                self.hub.mark_stale(
+                    name, ResyncReason.EPOCH, f"epoch {channel.epoch!r} -> {epoch!r}"
+                )
+                self.positions.pop(name, None)
+        self._count_channels()
+
+    def _count_channels(self) -> None:
+        live = sum(1 for ch in self.hub.channels.values() if ch.live)
+        self.metrics.channels.labels("live").set(live)
+        self.metrics.channels.labels("stale").set(len(self.hub.channels) - live)
+
+    async def sync_stale(self) -> None:
+        now = self.clock()
+        for name, channel in list(self.hub.channels.items()):
+            if channel.live or self._retry_at.get(name, 0.0) > now:
+                continue
+            if channel.kind is Kind.BOOK:
+                await self._sync_book(name)
+            else:
+                await self._sync_trades(name)
+        self._count_channels()
+
+    async def _sync_book(self, name: str) -> None:
+        snapshot = await self.source.snapshot(name)
+        if snapshot is None:
+            self._rebuilt(name, "no snapshot hash yet", "")
+            return
+        epoch = (await self.source.epochs([name]))[name] or ""
+        entries = await self._entries_after(name, snapshot.id)
+        try:
+            state = orjson.loads(snapshot.data)
+        except orjson.JSONDecodeError:
+            state = None  # reported as malformed by the rebuild below
+        failed = self.hub.rebuild(
+            name, epoch=epoch, seq=snapshot.seq, ts=snapshot.ts, state=state, entries=entries
+        )
+        self._rebuilt(name, failed, entries[-1].id if entries else snapshot.id)
+
+    async def _sync_trades(self, name: str) -> None:
+        epoch = (await self.source.epochs([name]))[name] or ""
+        last = await self.source.last_entries(name, max(self.config.trades_snapshot, 1))
+        seq, ts = 0, 0
+        trades: list[bytes] = []
+        for raw in last:
+            try:
+                entry = parse_entry(raw)
+            except MalformedEntry as exc:
+                self.metrics.malformed_entries.inc()
+                log.warning(
+                    "malformed entry left out of trades history",
+                    extra={"channel": name, "id": raw.id, "error": str(exc)},
+                )
+                trades.clear()  # keep only what follows the bad entry: it is contiguous
+                continue
+            seq, ts = entry.seq, entry.ts
+            trades.append(entry.data)
+        keep = trades[-self.config.trades_snapshot :] if self.config.trades_snapshot else []
+        failed = self.hub.rebuild(name, epoch=epoch, seq=seq, ts=ts, state=keep, entries=[])
+        self._rebuilt(name, failed, last[-1].id if last else "0-0")
+
+    def _rebuilt(self, name: str, failed: object, position: str) -> None:
+        if failed is None:
+            self.positions[name] = position
+            self._retry_at.pop(name, None)
+            channel = self.hub.channels[name]
+            log.info(
+                "channel live", extra={"channel": name, "epoch": channel.epoch, "seq": channel.seq}
+            )
+        else:
+            self._retry_at[name] = self.clock() + _REBUILD_RETRY
+            log.warning(
+                "channel rebuild failed, will retry", extra={"channel": name, "error": str(failed)}
+            )
+
+    async def _entries_after(self, name: str, start: str) -> list[StreamEntry]:
+        entries: list[StreamEntry] = []
+        while True:
+            page = await self.source.entries_from(name, start, _XRANGE_PAGE)
+            entries.extend(page)
+            if len(page) < _XRANGE_PAGE:
+                return entries
+            start = "(" + page[-1].id

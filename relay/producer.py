@@ -1,0 +1,233 @@
+"""A well-behaved producer per the contract, writing simulated markets to a store.
+
+For each symbol it owns ``book.<symbol>`` and ``trades.<symbol>``. On start it opens a
+new epoch: the old streams go, the meta hash gets the epoch, and entry seq 1 of each book
+carries the whole book, with the snapshot hash pointing at it. Then every step is one
+diff (and maybe one trade) with seq + 1. Every ``snapshot_every`` book updates the
+snapshot hash is rewritten atomically with the XADD it belongs to. Streams are trimmed
+with MAXLEN ~.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aioredis
+
+from relay.backoff import Backoff
+from relay.market import Market, instruments
+from relay.source.base import SourceUnavailable, meta_key, snapshot_key, stream_key
+from relay.source.memory import MemoryStore
+from relay.source.redis import guard
+
+log = logging.getLogger("relay.producer")
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    channel: str
+    seq: int
+    ts: int
+    data: bytes
+    snapshot: bytes | None = None  # the book at this seq, written atomically with it
+
+
+class Publisher(Protocol):
+    async def reset(self, channels: Sequence[str], epoch: str) -> None: ...
+
+    async def publish(self, items: Sequence[Publication]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _fields(item: Publication) -> dict[bytes, bytes]:
+    return {b"seq": b"%d" % item.seq, b"ts": b"%d" % item.ts, b"data": item.data}
+
+
+# XADD and the snapshot hash that points at the new entry, in one atomic step: the id is
+# only known inside the server, so MULTI cannot do it.
+_XADD_WITH_SNAPSHOT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'seq', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'ts', ARGV[3], 'data', ARGV[5], 'id', id)
+return id
+"""
+
+
+class RedisPublisher:
+    def __init__(self, client: aioredis.Redis, prefix: str = "md:", maxlen: int = 10_000) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self._script = client.register_script(_XADD_WITH_SNAPSHOT)
+
+    async def reset(self, channels: Sequence[str], epoch: str) -> None:
+        async def run() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for channel in channels:
+                keys = (stream_key(self.prefix, channel), snapshot_key(self.prefix, channel))
+                pipe.delete(*keys)
+                pipe.hset(meta_key(self.prefix, channel), "epoch", epoch)
+            await pipe.execute()
+
+        await guard(run)
+
+    async def publish(self, items: Sequence[Publication]) -> None:
+        async def run() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for item in items:
+                stream = stream_key(self.prefix, item.channel)
+                if item.snapshot is None:
+                    pipe.xadd(stream, _fields(item), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                else:
+                    await self._script(
+                        keys=[stream, snapshot_key(self.prefix, item.channel)],
+                        args=[self.maxlen, item.seq, item.ts, item.data, item.snapshot],
+                        client=pipe,
+                    )
+            await pipe.execute()
+
+        await guard(run)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class MemoryPublisher:
+    def __init__(self, store: MemoryStore, prefix: str = "md:", maxlen: int = 10_000) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.maxlen = maxlen
+
+    async def reset(self, channels: Sequence[str], epoch: str) -> None:
+        for channel in channels:
+            self.store.delete(stream_key(self.prefix, channel), snapshot_key(self.prefix, channel))
+            self.store.hset(meta_key(self.prefix, channel), {b"epoch": epoch.encode()})
+
+    async def publish(self, items: Sequence[Publication]) -> None:
+        for item in items:
+            entry_id = self.store.xadd(
+                stream_key(self.prefix, item.channel), _fields(item), self.maxlen
+            )
+            if item.snapshot is not None:
+                self.store.hset(
+                    snapshot_key(self.prefix, item.channel),
+                    {**_fields(item), b"data": item.snapshot, b"id": entry_id.encode()},
+                )
+
+    async def close(self) -> None:
+        return None
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Simulator:
+    """Drives ``Market``s at ``rate`` book updates per second per symbol."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        symbols: int = 3,
+        rate: float = 20.0,
+        snapshot_every: int = 100,
+        depth: int = 200,
+        seed: int | None = None,
+    ) -> None:
+        rng = random.Random(seed)
+        self.publisher = publisher
+        self.rate = rate
+        self.snapshot_every = snapshot_every
+        self.markets = [
+            Market(inst, random.Random(rng.random()), depth) for inst in instruments(symbols)
+        ]
+        self.epoch = f"{int(time.time())}-{secrets.token_hex(3)}"
+        self.seqs: dict[str, int] = {}
+        self.updates = 0
+        self._max_batch = max(1, int(rate))
+
+    def channels(self) -> list[str]:
+        return [
+            f"{kind}.{m.instrument.symbol}" for m in self.markets for kind in ("book", "trades")
+        ]
+
+    async def start(self) -> None:
+        """Open a new epoch: seq 1 of every book is the whole book, and its snapshot."""
+        await self.publisher.reset(self.channels(), self.epoch)
+        items = []
+        for market in self.markets:
+            channel = f"book.{market.instrument.symbol}"
+            book = orjson.dumps(market.book_payload())
+            items.append(Publication(channel, 1, now_us(), book, snapshot=book))
+            self.seqs[channel] = 1
+            self.seqs[f"trades.{market.instrument.symbol}"] = 0
+        await self.publisher.publish(items)
+
+    def step(self) -> list[Publication]:
+        """One event per market; the seq of each channel moves by exactly one per entry."""
+        items = []
+        for market in self.markets:
+            symbol = market.instrument.symbol
+            diff, trade = market.step()
+            ts = now_us()
+            if trade is not None:
+                items.append(self._next(f"trades.{symbol}", ts, orjson.dumps(trade)))
+            book = f"book.{symbol}"
+            item = self._next(book, ts, orjson.dumps(diff))
+            if item.seq % self.snapshot_every == 0:
+                item = Publication(
+                    item.channel, item.seq, ts, item.data, orjson.dumps(market.book_payload())
+                )
+            items.append(item)
+        self.updates += 1
+        return items
+
+    def _next(self, channel: str, ts: int, data: bytes) -> Publication:
+        seq = self.seqs[channel] = self.seqs[channel] + 1
+        return Publication(channel, seq, ts, data)
+
+    async def run(self, *, steps: int | None = None, tick: float = 0.01) -> None:
+        """Publish at the configured rate until cancelled (or ``steps`` steps are out).
+
+        A failed write is retried with backoff before the market moves on, so a Redis
+        outage delays the feed but never makes a seq gap.
+        """
+        backoff = Backoff(0.05, 2.0)
+        started = time.monotonic()
+        done = 0
+        while steps is None or done < steps:
+            due = int((time.monotonic() - started) * self.rate) - done
+            if due > self._max_batch:
+                # Far behind (a long outage, a stalled loop): drop the backlog of time
+                # rather than burst; the market just moves on from now.
+                started += (due - self._max_batch) / self.rate
+                due = self._max_batch
+            if steps is not None:
+                due = min(due, steps - done)
+            if due <= 0:
+                await asyncio.sleep(tick)
+                continue
+            batch = [item for _ in range(due) for item in self.step()]
+            while True:
+                try:
+                    await self.publisher.publish(batch)
+                    backoff.reset()
+                    break
+                except SourceUnavailable as exc:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "publish failed, retrying",
+                        extra={"error": str(exc), "retry_in": round(delay, 3)},
+                    )
+                    await asyncio.sleep(delay)
+            done += due

@@ -1,0 +1,239 @@
+"""The aiohttp adapter: routes, the WebSocket handler, and the process's lifecycle.
+
+Shutdown order (DESIGN.md, "Concurrency"): on SIGTERM the relay turns unready and refuses
+new upgrades at once, stops listening, closes every client with 1001, stops the ingest
+loop, then closes the source. All of it within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from relay.config import ServeConfig
+from relay.connection import Connection
+from relay.core.protocol import CloseCode, ErrorCode, Reject, parse_request
+from relay.core.ratelimit import TokenBucket
+from relay.hub import Hub
+from relay.ingest import Ingestor
+from relay.metrics import Metrics
+from relay.source.base import Source
+
+log = logging.getLogger("relay.server")
+
+
+@dataclass(slots=True)
+class Relay:
+    """Everything one relay process holds; owned by the aiohttp app."""
+
+    config: ServeConfig
+    source: Source
+    metrics: Metrics
+    hub: Hub
+    ingestor: Ingestor
+    connections: set[Connection] = field(default_factory=set)
+    draining: bool = False
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def on_text(self, conn: Connection, text: str) -> None:
+        request = parse_request(text)
+        if not self._within_rate(conn, request.id):
+            return
+        self.hub.handle(conn, request)
+
+    def on_binary(self, conn: Connection) -> None:
+        if self._within_rate(conn, None):
+            self.hub.reject(
+                conn, Reject(None, ErrorCode.BINARY_NOT_SUPPORTED, "frames must be JSON text")
+            )
+
+    def _within_rate(self, conn: Connection, request_id: int | str | None) -> bool:
+        if conn.bucket.take(time.monotonic()):
+            conn.strikes = 0
+            return True
+        conn.strikes += 1
+        if conn.strikes > self.config.rate_strikes:
+            log.warning(
+                "rate limit exceeded, closing", extra={"conn": conn.id, "remote": conn.remote}
+            )
+            self.hub.drop(conn)
+            conn.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        else:
+            self.hub.reject(
+                conn,
+                Reject(
+                    request_id,
+                    ErrorCode.RATE_LIMITED,
+                    f"over {self.config.rate_limit:g} messages/s; message dropped",
+                ),
+            )
+        return False
+
+
+RELAY = web.AppKey("relay", Relay)
+
+
+def build_app(
+    config: ServeConfig, source: Source, metrics: Metrics | None = None
+) -> web.Application:
+    metrics = metrics or Metrics()
+    hub = Hub(
+        metrics,
+        history=config.history,
+        trades_kept=config.trades_snapshot,
+        max_subscriptions=config.max_subscriptions,
+    )
+    relay = Relay(config, source, metrics, hub, Ingestor(source, hub, config, metrics))
+    app = web.Application()
+    app[RELAY] = relay
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/channels", channels)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.cleanup_ctx.append(_ingest_and_source)
+    app.on_shutdown.append(_close_clients)
+    return app
+
+
+async def _ingest_and_source(app: web.Application) -> AsyncIterator[None]:
+    """Owns the ingest task and the source: started with the app, stopped after clients."""
+    relay = app[RELAY]
+    task = asyncio.create_task(relay.ingestor.run(), name="relay-ingest")
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # we are being cancelled ourselves, not just the task
+    await relay.source.close()
+
+
+async def _close_clients(app: web.Application) -> None:
+    relay = app[RELAY]
+    relay.draining = True
+    connections = list(relay.connections)
+    for conn in connections:
+        relay.hub.drop(conn)
+    if connections:
+        log.info("closing clients", extra={"count": len(connections)})
+        await asyncio.gather(
+            *(conn.close(CloseCode.GOING_AWAY, "relay shutting down") for conn in connections)
+        )
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    relay = request.app[RELAY]
+    config = relay.config
+    if relay.draining:
+        raise web.HTTPServiceUnavailable(text="relay shutting down")
+    ws = web.WebSocketResponse(
+        heartbeat=config.ping_interval,
+        max_msg_size=config.max_frame_bytes,
+        compress=False,  # frames are pre-built once for everybody, uncompressed
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the peer left during the handshake
+        return ws
+    conn = Connection(
+        next(relay.ids),
+        ws,
+        transport,
+        request.remote or "",
+        high_water=config.slow_consumer_bytes,
+        close_timeout=config.slow_close_timeout,
+        bucket=TokenBucket(config.rate_limit, config.rate_burst, time.monotonic()),
+        metrics=relay.metrics,
+    )
+    relay.connections.add(conn)
+    relay.metrics.connections.inc()
+    relay.metrics.connections_accepted.inc()
+    log.debug("connected", extra={"conn": conn.id, "remote": conn.remote})
+    try:
+        async for message in ws:
+            if conn.closed:
+                break
+            if message.type is WSMsgType.TEXT:
+                relay.on_text(conn, message.data)
+            elif message.type is WSMsgType.BINARY:
+                relay.on_binary(conn)
+            elif message.type is WSMsgType.ERROR:
+                log.info("connection error", extra={"conn": conn.id, "error": str(ws.exception())})
+                break
+    finally:
+        conn.closed = True
+        relay.hub.drop(conn)
+        await conn.wait_closed()
+        relay.connections.discard(conn)
+        relay.metrics.connections.dec()
+        log.debug("disconnected", extra={"conn": conn.id, "close_code": ws.close_code})
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    if relay.draining:
+        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    if not relay.ingestor.ready():
+        return web.json_response(
+            {"ready": False, "reason": "source not synced or unreachable"}, status=503
+        )
+    return web.json_response({"ready": True})
+
+
+async def channels(request: web.Request) -> web.Response:
+    hub = request.app[RELAY].hub
+    return web.json_response(
+        [
+            {
+                "channel": name,
+                "kind": ch.kind.value,
+                "epoch": ch.epoch,
+                "seq": ch.seq,
+                "live": ch.live,
+                "subscribers": hub.subscriber_count(name),
+            }
+            for name, ch in sorted(hub.channels.items())
+        ]
+    )
+
+
+async def serve(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in order within the configured timeout."""
+    relay = app[RELAY]
+    runner = web.AppRunner(app, shutdown_timeout=relay.config.shutdown_timeout, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+    await site.start()
+    log.info("listening", extra={"host": host, "port": port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        relay.draining = True  # /readyz fails and upgrades are refused from this instant
+        log.info("shutting down")
+        try:
+            async with asyncio.timeout(relay.config.shutdown_timeout):
+                await runner.cleanup()
+        except TimeoutError:
+            log.error("shutdown timed out")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")

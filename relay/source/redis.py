@@ -1,0 +1,136 @@
+"""The product's source: Redis Streams through redis-py's asyncio client (hiredis parser).
+
+RESP2 is pinned so that XREAD answers a list (``[]`` on timeout) whatever the server
+default. redis-py's own retries are turned off: the ingest loop owns retrying, with
+capped jittered backoff, so that a dead Redis is seen and counted in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay.core.entry import StreamEntry
+from relay.source.base import (
+    Snapshot,
+    SourceUnavailable,
+    channel_of_key,
+    meta_key,
+    snapshot_from_fields,
+    snapshot_key,
+    stream_key,
+)
+
+T = TypeVar("T")
+
+_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
+    OSError,
+)
+
+
+def connect(url: str, *, read_timeout: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        protocol=2,
+        socket_connect_timeout=2.0,
+        # Above the XREAD block time: a paused or wedged server is detected, not waited on.
+        socket_timeout=read_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def guard(call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except _TRANSIENT as exc:
+        raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    except ResponseError as exc:
+        if str(exc).startswith(("LOADING", "MASTERDOWN", "CLUSTERDOWN")):
+            raise SourceUnavailable(str(exc)) from exc
+        raise
+
+
+def _entries(raw: Sequence[Any]) -> list[StreamEntry]:
+    return [StreamEntry(entry_id.decode(), fields) for entry_id, fields in raw]
+
+
+class RedisSource:
+    def __init__(self, client: aioredis.Redis, prefix: str = "md:") -> None:
+        # redis-py's stubs type replies as unions of every RESP shape; with RESP2 and
+        # decode_responses=False the shapes are known, so replies are taken as Any.
+        self.client: Any = client
+        self.prefix = prefix
+
+    async def discover(self) -> list[str]:
+        async def scan() -> list[str]:
+            found = set()
+            pattern = f"{self.prefix}{{*}}"
+            async for key in self.client.scan_iter(match=pattern, count=1000, _type="stream"):
+                channel = channel_of_key(self.prefix, key.decode())
+                if channel is not None:
+                    found.add(channel)
+            return sorted(found)
+
+        return await guard(scan)
+
+    async def epochs(self, channels: Sequence[str]) -> dict[str, str | None]:
+        async def fetch() -> dict[str, str | None]:
+            pipe = self.client.pipeline(transaction=False)
+            for channel in channels:
+                pipe.hget(meta_key(self.prefix, channel), "epoch")
+            values = await pipe.execute()
+            return {
+                channel: raw.decode() if raw is not None else None
+                for channel, raw in zip(channels, values, strict=True)
+            }
+
+        return await guard(fetch)
+
+    async def snapshot(self, channel: str) -> Snapshot | None:
+        fields = await guard(lambda: self.client.hgetall(snapshot_key(self.prefix, channel)))
+        return snapshot_from_fields(fields)
+
+    async def entries_from(self, channel: str, start: str, count: int) -> list[StreamEntry]:
+        key = stream_key(self.prefix, channel)
+        raw = await guard(lambda: self.client.xrange(key, min=start, max="+", count=count))
+        return _entries(raw)
+
+    async def last_entries(self, channel: str, count: int) -> list[StreamEntry]:
+        if count <= 0:
+            return []
+        key = stream_key(self.prefix, channel)
+        raw = await guard(lambda: self.client.xrevrange(key, max="+", min="-", count=count))
+        return _entries(raw)[::-1]
+
+    async def read(
+        self, positions: Mapping[str, str], block_ms: int, count: int
+    ) -> list[tuple[str, list[StreamEntry]]]:
+        streams = {stream_key(self.prefix, ch): last for ch, last in positions.items()}
+        raw = await guard(lambda: self.client.xread(streams, count=count, block=block_ms))
+        if not raw:
+            return []
+        result = []
+        for key, entries in raw:
+            channel = channel_of_key(self.prefix, key.decode())
+            if channel is not None:
+                result.append((channel, _entries(entries)))
+        return result
+
+    async def ping(self) -> None:
+        await guard(self.client.ping)
+
+    async def close(self) -> None:
+        await self.client.aclose()
