@@ -141,6 +141,10 @@ class Hub:
             extra={"channel": name, "reason": resync.reason.value, "detail": resync.detail},
         )
 
+    def mark_all_stale(self, reason: ResyncReason, detail: str) -> None:
+        for name in self.channels:
+            self.mark_stale(name, reason, detail)
+
     def mark_stale(self, name: str, reason: ResyncReason, detail: str) -> None:
         channel = self.channels.get(name)
         if channel is not None and channel.live:
@@ -156,6 +160,7 @@ class Hub:
         ts: int,
         state: object,
         entries: Sequence[StreamEntry],
+        snapshot_id: str | None = None,
     ) -> Resync | None:
         """Reset a channel to the producer's state at ``seq`` plus ``entries`` after it.
 
@@ -169,7 +174,7 @@ class Hub:
             channel.mark_stale()
             self.metrics.malformed_entries.inc()
             return Resync(ResyncReason.MALFORMED, str(exc))
-        failed = replay_after(channel, seq, entries)
+        failed = replay_after(channel, seq, entries, snapshot_id)
         if failed is not None:
             channel.mark_stale()
             return failed

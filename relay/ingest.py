@@ -77,6 +77,15 @@ class Ingestor:
                     extra={"error": str(exc), "retry_in": round(delay, 3)},
                 )
                 await asyncio.sleep(delay)
+            except Exception:
+                # A bug, not an outage. Keep serving, but trust no state built so far:
+                # every channel is rebuilt from its snapshot (never guess).
+                self.metrics.ingest_failures.inc()
+                delay = self._backoff.next_delay()
+                log.exception("ingest failed, rebuilding every channel", extra={"retry_in": delay})
+                self.hub.mark_all_stale(ResyncReason.INTERNAL, "ingest failure")
+                self.positions.clear()
+                await asyncio.sleep(delay)
 
     async def step(self) -> None:
         """One turn: discovery when due, rebuilds when needed, then one blocking read."""
@@ -142,18 +151,29 @@ class Ingestor:
         self._count_channels()
 
     async def _sync_book(self, name: str) -> None:
+        # The epoch is read before and after: a producer restarting in between would
+        # otherwise pair one epoch's name with the other epoch's book.
+        epoch = (await self.source.epochs([name]))[name] or ""
         snapshot = await self.source.snapshot(name)
         if snapshot is None:
             self._rebuilt(name, "no snapshot hash yet", "")
             return
-        epoch = (await self.source.epochs([name]))[name] or ""
         entries = await self._entries_after(name, snapshot.id)
+        if ((await self.source.epochs([name]))[name] or "") != epoch:
+            self._rebuilt(name, "epoch changed during the rebuild", "")
+            return
         try:
             state = orjson.loads(snapshot.data)
         except orjson.JSONDecodeError:
             state = None  # reported as malformed by the rebuild below
         failed = self.hub.rebuild(
-            name, epoch=epoch, seq=snapshot.seq, ts=snapshot.ts, state=state, entries=entries
+            name,
+            epoch=epoch,
+            seq=snapshot.seq,
+            ts=snapshot.ts,
+            state=state,
+            entries=entries,
+            snapshot_id=snapshot.id,
         )
         self._rebuilt(name, failed, entries[-1].id if entries else snapshot.id)
 

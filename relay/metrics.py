@@ -76,6 +76,11 @@ class Metrics:
             "Stream entries that break the producer contract",
             registry=registry,
         )
+        self.ingest_failures = Counter(
+            "relay_ingest_failures",
+            "Unexpected ingest errors (each followed by a rebuild of every channel)",
+            registry=registry,
+        )
         self.redis_errors = Counter(
             "relay_redis_errors",
             "Failed source reads (each followed by a backoff)",

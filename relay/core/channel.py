@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
@@ -50,7 +50,8 @@ class ResyncReason(StrEnum):
     BACKWARDS = "backwards"
     MALFORMED = "malformed"
     EPOCH = "epoch"
-    SOURCE = "source"
+    SOURCE = "source"  # the producer's snapshot does not fit its stream
+    INTERNAL = "internal"  # the relay's own failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +178,23 @@ class Channel:
         return Replay([frame for _, frame in islice(self.history, seq + 1 - oldest, None)])
 
 
-def replay_after(channel: Channel, seq: int, entries: Iterable[StreamEntry]) -> Resync | None:
+def replay_after(
+    channel: Channel, seq: int, entries: Sequence[StreamEntry], snapshot_id: str | None = None
+) -> Resync | None:
     """Apply the entries that follow a snapshot at ``seq`` (cold start and rebuild).
 
     Entries at or before the snapshot's seq are the past the snapshot already holds.
+    With ``snapshot_id``, the first entry must be the snapshot's own entry: a snapshot
+    hash left from an earlier stream (the producer restarted and recreated it) or whose
+    entry was trimmed cannot be checked against the stream, so it is not trusted.
     """
+    if snapshot_id is not None:
+        first = entries[0] if entries else None
+        if first is None or first.id != snapshot_id or _seq_of(first) != seq:
+            channel.mark_stale()
+            return Resync(
+                ResyncReason.SOURCE, f"snapshot entry {snapshot_id} (seq {seq}) not in the stream"
+            )
     for raw in entries:
         outcome = channel.apply(raw) if _seq_of(raw) > seq else None
         if isinstance(outcome, Resync):

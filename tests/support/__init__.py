@@ -1,0 +1,1 @@
+"""Helpers shared by the integration tests: a relay in-process, clients, books."""
