@@ -13,7 +13,8 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * (2**self.attempts))
+        # The exponent stops growing once the cap is reached: 2**1024 overflows a float.
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.attempts, 64))
         self.attempts += 1
         return self._rng.uniform(0, ceiling)
 

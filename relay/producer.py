@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -44,6 +44,10 @@ class Publisher(Protocol):
     async def reset(self, channels: Sequence[str], epoch: str) -> None: ...
 
     async def publish(self, items: Sequence[Publication]) -> None: ...
+
+    async def last_seqs(self, channels: Sequence[str]) -> dict[str, int]:
+        """The seq of each channel's last entry (0 for an empty or missing stream)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -97,6 +101,19 @@ class RedisPublisher:
 
         await guard(run)
 
+    async def last_seqs(self, channels: Sequence[str]) -> dict[str, int]:
+        async def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for channel in channels:
+                pipe.xrevrange(stream_key(self.prefix, channel), count=1)
+            return list(await pipe.execute())
+
+        replies = await guard(run)
+        return {
+            channel: int(reply[0][1][b"seq"]) if reply else 0
+            for channel, reply in zip(channels, replies, strict=True)
+        }
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -122,6 +139,13 @@ class MemoryPublisher:
                     snapshot_key(self.prefix, item.channel),
                     {**_fields(item), b"data": item.snapshot, b"id": entry_id.encode()},
                 )
+
+    async def last_seqs(self, channels: Sequence[str]) -> dict[str, int]:
+        result = {}
+        for channel in channels:
+            entries = self.store.stream(stream_key(self.prefix, channel))
+            result[channel] = int(entries[-1].fields[b"seq"]) if entries else 0
+        return result
 
     async def close(self) -> None:
         return None
@@ -196,11 +220,22 @@ class Simulator:
         seq = self.seqs[channel] = self.seqs[channel] + 1
         return Publication(channel, seq, ts, data)
 
+    async def _unwritten(self, batch: list[Publication]) -> list[Publication]:
+        while True:
+            try:
+                written = await self.publisher.last_seqs(sorted({i.channel for i in batch}))
+            except SourceUnavailable:
+                await asyncio.sleep(0.5)
+                continue
+            return [item for item in batch if item.seq > written[item.channel]]
+
     async def run(self, *, steps: int | None = None, tick: float = 0.01) -> None:
         """Publish at the configured rate until cancelled (or ``steps`` steps are out).
 
         A failed write is retried with backoff before the market moves on, so a Redis
-        outage delays the feed but never makes a seq gap.
+        outage delays the feed but never makes a seq gap. A pipeline that failed may have
+        been partly applied (the connection died after the server ran some commands), so
+        a retry first drops what the streams already hold: no seq is written twice.
         """
         backoff = Backoff(0.05, 2.0)
         started = time.monotonic()
@@ -230,4 +265,5 @@ class Simulator:
                         extra={"error": str(exc), "retry_in": round(delay, 3)},
                     )
                     await asyncio.sleep(delay)
+                    batch = await self._unwritten(batch)
             done += due

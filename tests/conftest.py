@@ -7,7 +7,7 @@ that has redis-server installed. Tests that stop or restart Redis start their ow
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -30,9 +30,9 @@ def redis_server() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
-async def redis_url(redis_server: RedisProcess) -> AsyncIterator[str]:
+async def redis_url(redis_server: RedisProcess) -> str:
     """The session's redis-server, emptied for this test."""
     client = aioredis.Redis.from_url(redis_server.url)
     await client.flushall()
     await client.aclose()
-    yield redis_server.url
+    return redis_server.url

@@ -10,13 +10,16 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, insort
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 Level = tuple[str, str]
+
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 class BookError(ValueError):
@@ -37,16 +40,14 @@ def _parse_level(raw: Any) -> ParsedLevel:
     price, size = raw[0], raw[1]
     if not isinstance(price, str) or not isinstance(size, str):
         raise BookError(f"price and size must be decimal strings, got {raw!r}")
-    try:
-        key = Decimal(price)
-        amount = Decimal(size)
-    except InvalidOperation as exc:
-        raise BookError(f"not a decimal number in level {raw!r}") from exc
-    if not key.is_finite() or not amount.is_finite():
-        raise BookError(f"not a finite number in level {raw!r}")
-    if amount < 0:
-        raise BookError(f"negative size in level {raw!r}")
-    return ParsedLevel(key, price, size, amount == 0)
+    # Decimal() alone would take "1_000", "1e3", "NaN" and non-ASCII digits, which
+    # clients' number parsers reject: only plain ASCII decimals go to the wire.
+    if not _DECIMAL.fullmatch(price) or not _DECIMAL.fullmatch(size):
+        if size.startswith("-") and _DECIMAL.fullmatch(size[1:]):
+            raise BookError(f"negative size in level {raw!r}")
+        raise BookError(f"not a plain decimal number in level {raw!r}")
+    amount = Decimal(size)
+    return ParsedLevel(Decimal(price), price, size, amount == 0)
 
 
 def parse_side(payload: dict[str, Any], side: str) -> list[ParsedLevel]:

@@ -124,6 +124,8 @@ class Channel:
 
     def apply(self, raw: StreamEntry) -> Outcome:
         """Apply the next stream entry; once per entry, whatever the number of subscribers."""
+        if not self.live:
+            return Resync(ResyncReason.SOURCE, f"entry {raw.id}: channel is not live")
         try:
             entry = parse_entry(raw)
         except MalformedEntry as exc:

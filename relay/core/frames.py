@@ -28,7 +28,9 @@ def ws_text(payload: bytes) -> bytes:
 
 
 def ws_close(code: int, reason: str = "") -> bytes:
-    body = struct.pack("!H", code) + reason.encode()[:123]
+    # At most 123 bytes of reason (RFC 6455 5.5), cut on a character boundary: UTF-8.
+    text = reason.encode()[:123].decode(errors="ignore").encode()
+    body = struct.pack("!H", code) + text
     return bytes((_FIN_CLOSE, len(body))) + body
 
 

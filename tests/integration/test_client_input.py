@@ -73,7 +73,8 @@ async def test_bad_requests_get_an_error_code_and_the_connection_stays(
         error = await _error(feed)
         assert error["code"] == code
         assert error.get("id") == request_id
-        assert isinstance(error["message"], str) and error["message"]
+        assert isinstance(error["message"], str)
+        assert error["message"]
         await _still_open(feed)
     assert relay.metric("relay_client_errors_total", {"code": code}) == 1
 
@@ -114,7 +115,9 @@ async def test_subscriptions_per_connection_are_capped(relay: RunningRelay) -> N
 
 async def test_a_frame_over_the_limit_closes_with_1009(relay: RunningRelay) -> None:
     async with connect(relay.ws_url) as feed:
-        await feed.ws.send_str('{"op": "ping", "pad": "' + "x" * relay.config.max_frame_bytes + '"}')
+        await feed.ws.send_str(
+            '{"op": "ping", "pad": "' + "x" * relay.config.max_frame_bytes + '"}'
+        )
         message = await feed.ws.receive(timeout=5)
         assert message.type is aiohttp.WSMsgType.CLOSE
         assert message.data == 1009
@@ -143,14 +146,16 @@ async def test_a_flood_is_rate_limited_then_closed_with_1008(relay: RunningRelay
 
 async def test_a_client_that_stops_answering_pings_is_dropped(relay: RunningRelay) -> None:
     async with running_relay(relay.relay.source, ping_interval=0.2) as quick:
-        async with aiohttp.ClientSession() as session:
-            # autoping=False: the client never answers the relay's pings
-            async with session.ws_connect(quick.ws_url, autoping=False) as ws:
-                async with asyncio.timeout(5):
-                    while True:
-                        message = await ws.receive()
-                        if message.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED}:
-                            break
+        # autoping=False: the client never answers the relay's pings
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(quick.ws_url, autoping=False) as ws,
+        ):
+            async with asyncio.timeout(5):
+                while True:
+                    message = await ws.receive()
+                    if message.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED}:
+                        break
         async with asyncio.timeout(5):
             while quick.relay.connections:
                 await asyncio.sleep(0.02)

@@ -23,12 +23,11 @@ class RawProducer:
     ) -> str:
         raw = data if isinstance(data, bytes) else orjson.dumps(data)
         fields = {"seq": seq if isinstance(seq, bytes) else str(seq), "ts": str(ts), "data": raw}
-        entry_id = await self.client.xadd(stream_key(self.prefix, channel), fields)  # type: ignore[arg-type]
-        return str(entry_id.decode())
+        return await self.add_fields(channel, fields)
 
     async def add_fields(self, channel: str, fields: dict[str, Any]) -> str:
-        entry_id = await self.client.xadd(stream_key(self.prefix, channel), fields)
-        return str(entry_id.decode())
+        entry_id = await self.client.xadd(stream_key(self.prefix, channel), fields)  # type: ignore[arg-type]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def snapshot(
         self, channel: str, seq: int, entry_id: str, data: Any, ts: int = 1_700_000_000_000_000

@@ -114,7 +114,11 @@ def test_snapshot_at_any_seq_plus_the_following_diffs_is_the_full_book(
 def stream_entry(seq: int, data: bytes) -> StreamEntry:
     return StreamEntry(
         f"{1_700_000_000_000 + seq}-0",
-        {b"seq": str(seq).encode(), b"ts": str(1_700_000_000_000_000 + seq).encode(), b"data": data},
+        {
+            b"seq": str(seq).encode(),
+            b"ts": str(1_700_000_000_000_000 + seq).encode(),
+            b"data": data,
+        },
     )
 
 

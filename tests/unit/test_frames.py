@@ -61,10 +61,6 @@ def test_ws_close_keeps_a_long_reason_within_the_control_frame_limit() -> None:
     assert frame.payload == struct.pack("!H", 1008) + b"r" * 123
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ws_close cuts the UTF-8 reason at 123 bytes, possibly inside a character",
-)
 def test_ws_close_truncates_a_non_ascii_reason_to_valid_utf8() -> None:
     frame = single_frame(ws_close(1008, "é" * 100))
     assert len(frame.payload) <= 125
