@@ -17,6 +17,7 @@ from relay.demo import SimOptions, run_demo
 from relay.producer import RedisPublisher, Simulator
 from relay.server import build_app, serve
 from relay.source.redis import RedisSource, connect
+from relay.tail import tail
 
 
 def _sim_options(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add_knobs(sim, (REDIS_KNOB, PREFIX_KNOB, *LOG_KNOBS), env)
     _sim_options(sim)
     sim.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+
+    tail_cmd = commands.add_parser("tail", help="print a relay's frames for some channels")
+    tail_cmd.add_argument("channels", nargs="+", metavar="CHANNEL", help="e.g. book.BTC-USD")
+    tail_cmd.add_argument(
+        "--url", default="ws://127.0.0.1:8080/ws", help="relay WebSocket URL (default %(default)s)"
+    )
+    tail_cmd.add_argument("--count", type=int, default=None, help="stop after this many updates")
+    add_knobs(tail_cmd, LOG_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
 
     demo = commands.add_parser("demo", help="simulator + relay in one process, Redis optional")
     add_knobs(demo, SERVE_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
@@ -101,6 +110,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     logs.setup(args.log_level, args.log_format)
     if args.command == "serve":
         uvloop.run(_serve(args))
+    elif args.command == "tail":
+        with contextlib.suppress(KeyboardInterrupt):
+            gaps = uvloop.run(tail(args.url, args.channels, args.count))
+            return 1 if gaps else 0
     elif args.command == "simulate":
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(_simulate(args))

@@ -130,7 +130,7 @@ def add_knobs(
             dest=knob.name,
             type=knob.type,
             default=default,
-            metavar=knob.flag.rsplit("-", 1)[-1].upper(),
+            metavar=knob.name.rsplit("_", 1)[-1].upper(),
             help=f"{knob.help} (env {knob.env}; default {shown!s})",
         )
 
