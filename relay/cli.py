@@ -15,6 +15,7 @@ from relay import __version__, logs
 from relay.config import LOG_KNOBS, PREFIX_KNOB, REDIS_KNOB, SERVE_KNOBS, add_knobs, serve_config
 from relay.demo import SimOptions, run_demo
 from relay.producer import RedisPublisher, Simulator
+from relay.replay import cli as replay_cli
 from relay.server import build_app, serve
 from relay.source.redis import RedisSource, connect
 from relay.tail import tail
@@ -67,6 +68,8 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     tail_cmd.add_argument("--count", type=int, default=None, help="stop after this many updates")
     add_knobs(tail_cmd, LOG_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
 
+    replay_cli.add_parser(commands, env)
+
     demo = commands.add_parser("demo", help="simulator + relay in one process, Redis optional")
     add_knobs(demo, SERVE_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
     _sim_options(demo)
@@ -110,6 +113,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     logs.setup(args.log_level, args.log_format)
     if args.command == "serve":
         uvloop.run(_serve(args))
+    elif args.command == "replay":
+        return int(uvloop.run(replay_cli.run(args)))
     elif args.command == "tail":
         with contextlib.suppress(KeyboardInterrupt):
             gaps = uvloop.run(tail(args.url, args.channels, args.count))

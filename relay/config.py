@@ -30,6 +30,7 @@ class ServeConfig:
     read_block_ms: int = 1000
     history: int = 2000
     trades_snapshot: int = 50
+    checksum_depth: int = 10
     max_frame_bytes: int = 4096
     max_subscriptions: int = 100
     rate_limit: float = 20.0
@@ -98,6 +99,7 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("read_block_ms", int, "XREAD BLOCK in milliseconds"),
     _knob("history", int, "encoded updates kept per channel for resume"),
     _knob("trades_snapshot", int, "last trades sent on subscribe to a trades channel"),
+    _knob("checksum_depth", int, "levels per side in book frames' checksum; 0: no checksum"),
     _knob("max_frame_bytes", int, "largest client frame accepted (close 1009 above)"),
     _knob("max_subscriptions", int, "subscriptions per connection"),
     _knob("rate_limit", float, "client messages per second per connection (sustained)"),

@@ -57,12 +57,19 @@ class _Waiting:
 
 class Hub:
     def __init__(
-        self, metrics: Metrics, *, history: int, trades_kept: int, max_subscriptions: int
+        self,
+        metrics: Metrics,
+        *,
+        history: int,
+        trades_kept: int,
+        max_subscriptions: int,
+        checksum_depth: int = 10,
     ) -> None:
         self.metrics = metrics
         self.history = history
         self.trades_kept = trades_kept
         self.max_subscriptions = max_subscriptions
+        self.checksum_depth = checksum_depth
         self.channels: dict[str, Channel] = {}
         # dicts used as ordered sets: iteration order is join order, and removal is O(1)
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
@@ -73,7 +80,13 @@ class Hub:
     def add_channel(self, name: str, kind: Kind) -> Channel:
         channel = self.channels.get(name)
         if channel is None:
-            channel = Channel(name, kind, history=self.history, trades_kept=self.trades_kept)
+            channel = Channel(
+                name,
+                kind,
+                history=self.history,
+                trades_kept=self.trades_kept,
+                checksum_depth=self.checksum_depth,
+            )
             self.channels[name] = channel
             self._subscribers[name] = {}
             self._waiting[name] = []

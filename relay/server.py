@@ -90,6 +90,7 @@ def build_app(
         history=config.history,
         trades_kept=config.trades_snapshot,
         max_subscriptions=config.max_subscriptions,
+        checksum_depth=config.checksum_depth,
     )
     relay = Relay(config, source, metrics, hub, Ingestor(source, hub, config, metrics))
     app = web.Application()

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from relay.core.book import Book, BookError
+from relay.core.checksum import DEFAULT_DEPTH, book_checksum
 from relay.core.entry import Entry, MalformedEntry, StreamEntry, parse_entry
 from relay.core.frames import snapshot_frame, update_frame
 
@@ -79,7 +80,15 @@ class Replay:
 class Channel:
     """State of one channel. Fed entries in stream order; produces frames."""
 
-    def __init__(self, name: str, kind: Kind, *, history: int, trades_kept: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: Kind,
+        *,
+        history: int,
+        trades_kept: int,
+        checksum_depth: int = DEFAULT_DEPTH,
+    ) -> None:
         self.name = name
         self.kind = kind
         self._name_bytes = name.encode()
@@ -92,6 +101,8 @@ class Channel:
         self.history: deque[tuple[int, bytes]] = deque(maxlen=history)
         self._snapshot: tuple[int, bytes] | None = None
         self.snapshots_encoded = 0
+        # Book frames carry the checksum of the top levels; 0 turns it off.
+        self.checksum_depth = checksum_depth if kind is Kind.BOOK else 0
 
     # -- rebuilding -------------------------------------------------------------------
 
@@ -141,7 +152,8 @@ class Channel:
         else:
             self.trades.append(entry.data)
         self.seq, self.ts = entry.seq, entry.ts
-        frame = update_frame(self._name_bytes, entry.seq, entry.ts, entry.data)
+        checksum = book_checksum(self.book, self.checksum_depth) if self.checksum_depth else None
+        frame = update_frame(self._name_bytes, entry.seq, entry.ts, entry.data, checksum)
         self.history.append((entry.seq, frame))
         return Applied(entry, frame)
 
@@ -161,7 +173,8 @@ class Channel:
             data = self.book.to_payload()
         else:
             data = {"trades": [orjson.Fragment(raw) for raw in self.trades]}
-        frame = snapshot_frame(self.name, self.epoch, self.seq, self.ts, data)
+        checksum = book_checksum(self.book, self.checksum_depth) if self.checksum_depth else None
+        frame = snapshot_frame(self.name, self.epoch, self.seq, self.ts, data, checksum)
         self._snapshot = (self.seq, frame)
         self.snapshots_encoded += 1
         return frame

@@ -1,7 +1,8 @@
 """Relay-to-client frames, built once as complete WebSocket frames (RFC 6455 section 5.2).
 
 Server frames are never masked, so one bytes object can be written to every subscriber.
-Every relay frame puts its head (``type``, ``channel``, ``seq``, ``ts``, ``epoch``) before
+Every relay frame puts its head (``type``, ``channel``, ``epoch``, ``seq``, ``ts``,
+``checksum``) before
 ``data`` so that a client can route it without parsing the payload (PROTOCOL.md).
 ``update.data`` is the producer's bytes, spliced in untouched (contract rule 1).
 """
@@ -34,18 +35,34 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return bytes((_FIN_CLOSE, len(body))) + body
 
 
-def update_frame(channel: bytes, seq: int, ts: int, data: bytes) -> bytes:
+def update_frame(
+    channel: bytes, seq: int, ts: int, data: bytes, checksum: int | None = None
+) -> bytes:
     """``{"type":"update",...,"data":<producer bytes>}`` as a WebSocket frame."""
+    if checksum is None:
+        return ws_text(
+            b'{"type":"update","channel":"%s","seq":%d,"ts":%d,"data":%s}'
+            % (channel, seq, ts, data)
+        )
     return ws_text(
-        b'{"type":"update","channel":"%s","seq":%d,"ts":%d,"data":%s}' % (channel, seq, ts, data)
+        b'{"type":"update","channel":"%s","seq":%d,"ts":%d,"checksum":%d,"data":%s}'
+        % (channel, seq, ts, checksum, data)
     )
 
 
-def snapshot_frame(channel: str, epoch: str, seq: int, ts: int, data: Any) -> bytes:
-    head = orjson.dumps(
-        {"type": "snapshot", "channel": channel, "epoch": epoch, "seq": seq, "ts": ts}
-    )
-    return ws_text(head[:-1] + b',"data":' + orjson.dumps(data) + b"}")
+def snapshot_frame(
+    channel: str, epoch: str, seq: int, ts: int, data: Any, checksum: int | None = None
+) -> bytes:
+    head: dict[str, Any] = {
+        "type": "snapshot",
+        "channel": channel,
+        "epoch": epoch,
+        "seq": seq,
+        "ts": ts,
+    }
+    if checksum is not None:
+        head["checksum"] = checksum
+    return ws_text(orjson.dumps(head)[:-1] + b',"data":' + orjson.dumps(data) + b"}")
 
 
 def reply_frame(message: dict[str, Any]) -> bytes:

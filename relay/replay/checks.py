@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from relay.core.book import Book, Level
-from relay.replay.events import BookDiff, Event, Quote, Reference, Snapshot, Trade
+from relay.replay.events import BookDiff, Event, Quote, Reference, Snapshot, Trade, payload
+from relay.replay.venues import binance
 
 _KRAKEN_DEPTH = 10
 _OKX_DEPTH = 25
@@ -82,11 +83,6 @@ def top_matches(book: Book, ref: Reference) -> bool:
     return quote_matches(book.best_bid(), ref.bid) and quote_matches(book.best_ask(), ref.ask)
 
 
-def payload(event: Snapshot | BookDiff) -> dict[str, list[Level]]:
-    """An event's levels as a Book payload (the Book takes lists)."""
-    return {"bids": list(event.bids), "asks": list(event.asks)}
-
-
 @dataclass
 class Tally:
     made: int = 0
@@ -105,7 +101,6 @@ class Tally:
 
 
 Key = tuple[str, str]  # (venue, instrument)
-_BINANCE = {"binance-spot", "binance-usdm", "binance-coinm"}
 
 
 @dataclass
@@ -158,7 +153,7 @@ class Verifier:
             state.after_snapshot = False
             state.last_ids = dict(event.ids)
             self._after_book(key, state)
-            if event.venue in _BINANCE:
+            if event.venue in binance.VENUES:
                 u = int(event.ids["u"])
                 state.tops_by_u.append((u, state.book.best_bid(), state.book.best_ask()))
         elif isinstance(event, Reference):
@@ -180,8 +175,8 @@ class Verifier:
         if not prev:
             return  # no snapshot ids to continue from
         ok: bool
-        if venue in _BINANCE:
-            futures = venue != "binance-spot"
+        if venue in binance.VENUES:
+            futures = venue != binance.SPOT
             first_id, last_id = int(ids["U"]), int(ids["u"])
             if state.after_snapshot and "u" not in prev:
                 snap = int(prev["lastUpdateId"])

@@ -171,6 +171,14 @@ def check(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     """Run ``relay replay``; the exit status (2: a recording that cannot be replayed)."""
+    if not args.check and args.maxlen <= args.snapshot_every:
+        # Trimming could drop the snapshot's own entry, which a relay needs to start from.
+        print(
+            f"relay replay: error: --maxlen {args.maxlen} must be larger than "
+            f"--snapshot-every {args.snapshot_every}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.check:
             return check(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 Level = tuple[str, str]
@@ -19,7 +20,7 @@ Quote = tuple[str, str | None]
 Ids = Mapping[str, int | str]
 Side = Literal["buy", "sell"]
 
-_NO_IDS: Ids = {}
+_NO_IDS: Ids = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +85,8 @@ class Reference:
 
 
 Event = Snapshot | BookDiff | Trade | Reference
+
+
+def payload(event: Snapshot | BookDiff) -> dict[str, list[Level]]:
+    """An event's levels as a relay Book payload (the Book takes lists)."""
+    return {"bids": list(event.bids), "asks": list(event.asks)}

@@ -6,11 +6,14 @@ point at the line a person would open in an editor (``zcat FILE | sed -n Np``).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -22,19 +25,24 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _open(path: Path) -> IO[bytes]:
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[IO[bytes]]:
+    """The file's bytes, decompressed by what its first bytes say (not by its name)."""
     with path.open("rb") as probe:
         magic = probe.read(4)
     if magic.startswith(_GZIP_MAGIC):
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    if magic == _ZIP_MAGIC:
-        archive = zipfile.ZipFile(path)
-        members = [info for info in archive.infolist() if not info.is_dir()]
-        if len(members) != 1:
-            archive.close()
-            raise ReplayFormatError(path, None, "a zip recording must hold exactly one file")
-        return archive.open(members[0])
-    return path.open("rb")
+        with gzip.open(path, "rb") as stream:
+            yield cast(IO[bytes], stream)
+    elif magic == _ZIP_MAGIC:
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            if len(members) != 1:
+                raise ReplayFormatError(path, None, "a zip recording must hold exactly one file")
+            with archive.open(members[0]) as stream:
+                yield stream
+    else:
+        with path.open("rb") as stream:
+            yield stream
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -84,10 +92,22 @@ def loads(text: str) -> Any:
         raise ValueError(f"corrupt JSON: {exc}") from exc
 
 
+_PLAIN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+
+
+def plain_number(text: str) -> str:
+    """A JSON number's source text, as is when it is a plain decimal ("439.30" stays),
+    else written out in full ("3.5e-7" -> "0.00000035"): the contract's prices and sizes
+    are plain decimal strings."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return format(Decimal(text), "f")
+
+
 def loads_exact(text: str) -> Any:
-    """JSON with every number kept as its source text: venues that send prices as JSON
-    numbers (Kraken Futures, BitMEX) then keep their exact digits ("439.30" stays)."""
+    """JSON with every number as a plain decimal string, its source digits kept: venues
+    that send prices as JSON numbers (Kraken Futures, BitMEX) keep their own strings."""
     try:
-        return json.loads(text, parse_float=str, parse_int=str)
+        return json.loads(text, parse_float=plain_number, parse_int=str)
     except json.JSONDecodeError as exc:
         raise ValueError(f"corrupt JSON: {exc}") from exc

@@ -54,9 +54,8 @@ import orjson
 from relay.backoff import Backoff
 from relay.core.book import Book, Level
 from relay.producer import Publication, Publisher
-from relay.replay.checks import payload
 from relay.replay.errors import ReplayFormatError
-from relay.replay.events import BookDiff, Event, Reference, Snapshot, Trade
+from relay.replay.events import BookDiff, Event, Reference, Snapshot, Trade, payload
 from relay.replay.recordings import aligned, recordings
 from relay.source.base import SourceUnavailable
 
@@ -134,9 +133,9 @@ class Writer:
         name = f"{kind}.{symbol_of(*key, venue_prefix=self.venue_prefix)}"
         owner = self._owners.setdefault(name, key)
         if owner != key:
+            hint = "; replay them with venue prefixes" if owner[0] != key[0] else ""
             raise ChannelCollision(
-                f"{key[0]} {key[1]!r} and {owner[0]} {owner[1]!r} both map to channel "
-                f"{name}; replay them with venue prefixes"
+                f"{key[0]} {key[1]!r} and {owner[0]} {owner[1]!r} both map to channel {name}{hint}"
             )
         self.new_channels.append(name)
         return name
@@ -177,7 +176,13 @@ class Writer:
         channel.seq += 1
         data = orjson.dumps({"bids": bids, "asks": asks, "venue": venue})
         snapshot = None
-        if isinstance(event, Snapshot) or channel.seq % self.snapshot_every == 0:
+        # Seq 1 always gets the snapshot hash, even when a venue's first book message
+        # is not a snapshot: a subscriber must be able to start from the first entry.
+        if (
+            isinstance(event, Snapshot)
+            or channel.seq == 1
+            or channel.seq % self.snapshot_every == 0
+        ):
             snapshot = orjson.dumps(channel.book.to_payload())
         return Publication(channel.name, channel.seq, event.recv_ns // 1000, data, snapshot)
 
@@ -251,7 +256,7 @@ def with_checksums(
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    events: int  # events read so far
+    events: int  # events read so far (a venue checksum counts with its update)
     publications: int  # entries handed to the publisher
     elapsed: float  # wall seconds since the start
     rate: float  # events per second since the previous report

@@ -50,6 +50,8 @@ async def test_fifty_clients_get_gapless_updates_and_the_producers_books(redis_u
                     if kind == "book":
                         expected = Book.from_payload(markets[symbol].book_payload())
                         assert view.book == expected
+                        assert view.checksum_failures == []
+                        assert view.checksums == len(view.updates) + 1
                     else:  # every trade since the start, in order, none twice
                         ids = [int(trade["id"]) for trade in view.trades]
                         assert ids == list(range(1, markets[symbol].trade_id + 1))

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from relay.core.book import Book
+from relay.core.checksum import book_checksum
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ChannelView:
     updates: list[int] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # (expected, got)
     trades: list[Any] = field(default_factory=list)
+    checksums: int = 0  # book frames whose checksum was verified
+    checksum_failures: list[int] = field(default_factory=list)  # seqs
 
 
 class Feed:
@@ -72,6 +75,7 @@ class Feed:
                 view.trades = list(data["trades"])
             else:
                 view.book = Book.from_payload(data)
+                self._verify(view, frame)
         elif kind == "update":
             view = self.views.setdefault(frame["channel"], ChannelView())
             if view.seq is not None and frame["seq"] != view.seq + 1:
@@ -81,6 +85,7 @@ class Feed:
             data = frame["data"]
             if "bids" in data or "asks" in data:
                 view.book.apply(data)
+                self._verify(view, frame)
             else:
                 view.trades.append(data)
         elif kind == "subscribed":
@@ -91,6 +96,13 @@ class Feed:
             self.replies.append(frame)
         else:
             self.replies.append(frame)
+
+    @staticmethod
+    def _verify(view: ChannelView, frame: dict[str, Any]) -> None:
+        if "checksum" in frame:
+            view.checksums += 1
+            if frame["checksum"] != book_checksum(view.book):
+                view.checksum_failures.append(frame["seq"])
 
     async def until(self, channel: str, seq: int, timeout: float = 10.0) -> ChannelView:
         """Read frames until ``channel`` reached ``seq``."""

@@ -9,6 +9,7 @@ import pytest
 from wsdecode import message, text_payload
 
 from relay.core.book import Book
+from relay.core.checksum import book_checksum
 from relay.core.channel import (
     Applied,
     Channel,
@@ -143,13 +144,17 @@ def test_the_update_frame_head_comes_before_the_producer_data_bytes() -> None:
     outcome = channel.apply(entry(11, data))
     assert isinstance(outcome, Applied)
     payload = text_payload(outcome.frame)
-    head = b'{"type":"update","channel":"book.BTC-USD","seq":11,"ts":%d,"data":' % ts_of(11)
+    head = b'{"type":"update","channel":"book.BTC-USD","seq":11,"ts":%d,"checksum":%d,"data":' % (
+        ts_of(11),
+        book_checksum(channel.book),
+    )
     assert payload == head + data + b"}"
     assert message(outcome.frame) == {
         "type": "update",
         "channel": BOOK,
         "seq": 11,
         "ts": ts_of(11),
+        "checksum": book_checksum(channel.book),
         "data": {"asks": [["43101.0", "0"]], "bids": [], "u": "é"},
     }
 
@@ -360,9 +365,10 @@ def test_without_history_only_the_live_seq_resumes() -> None:
 def test_the_book_snapshot_frame_has_its_head_first_and_the_book_best_first() -> None:
     channel = book_channel()
     frame = channel.snapshot()
+    checksum = book_checksum(channel.book)
     head = (
-        b'{"type":"snapshot","channel":"book.BTC-USD","epoch":"e1","seq":10,"ts":%d,"data":'
-        % ts_of(10)
+        b'{"type":"snapshot","channel":"book.BTC-USD","epoch":"e1","seq":10,"ts":%d,'
+        b'"checksum":%d,"data":' % (ts_of(10), checksum)
     )
     assert text_payload(frame).startswith(head)
     assert message(frame) == {
@@ -371,6 +377,7 @@ def test_the_book_snapshot_frame_has_its_head_first_and_the_book_best_first() ->
         "epoch": EPOCH,
         "seq": SNAPSHOT_SEQ,
         "ts": ts_of(SNAPSHOT_SEQ),
+        "checksum": checksum,
         "data": INITIAL,
     }
 

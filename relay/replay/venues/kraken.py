@@ -64,6 +64,8 @@ class _Parser:
             )
             bids, asks = book.bid_levels(), book.ask_levels()
             return [Snapshot(VENUE, pair, recv_ns, tuple(bids), tuple(asks))]
+        if pair not in self.books:
+            raise ValueError(f"book update for {pair} before its snapshot")
         book = self.books[pair]
         bids, asks = _levels(merged.get("b", [])), _levels(merged.get("a", []))
         book.apply({"bids": bids, "asks": asks})
