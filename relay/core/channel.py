@@ -50,6 +50,7 @@ class ResyncReason(StrEnum):
     GAP = "gap"
     BACKWARDS = "backwards"
     MALFORMED = "malformed"
+    CROSSED = "crossed"  # best bid >= best ask after an update
     EPOCH = "epoch"
     SOURCE = "source"  # the producer's snapshot does not fit its stream
     INTERNAL = "internal"  # the relay's own failure
@@ -119,6 +120,8 @@ class Channel:
                 book = Book.from_payload(state)
             except BookError as exc:
                 raise MalformedEntry(f"snapshot: {exc}") from exc
+            if book.is_crossed():
+                raise MalformedEntry(f"snapshot is crossed: {book.best_bid()} / {book.best_ask()}")
             self.book = book
         else:
             self.trades.clear()
@@ -149,6 +152,13 @@ class Channel:
                 self.book.apply(entry.payload)
             except BookError as exc:
                 return self._stale(ResyncReason.MALFORMED, f"entry {raw.id}: {exc}")
+            if self.book.is_crossed():
+                # A crossed book cannot be the producer's true state: something upstream
+                # is wrong, so nothing built on it goes out (rebuilt from the snapshot).
+                bid, ask = self.book.best_bid(), self.book.best_ask()
+                return self._stale(
+                    ResyncReason.CROSSED, f"entry {raw.id}: seq {entry.seq} crosses {bid} / {ask}"
+                )
         else:
             self.trades.append(entry.data)
         self.seq, self.ts = entry.seq, entry.ts

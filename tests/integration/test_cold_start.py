@@ -59,3 +59,18 @@ async def test_not_ready_until_the_source_answers(redis_url: str) -> None:
             assert (await response.json())["ready"] is False
         async with http.get(relay.http_url + "/healthz") as response:
             assert response.status == 200
+
+
+async def test_a_fixed_channel_list_serves_only_those_channels(redis_url: str) -> None:
+    publisher = RedisPublisher(aioredis.Redis.from_url(redis_url))
+    sim = Simulator(publisher, symbols=2, seed=8)
+    await sim.start()
+    async with running_relay(redis_source(redis_url), channels=("book.ETH-USD",)) as relay:
+        await relay.wait_live("book.ETH-USD")
+        assert list(relay.relay.hub.channels) == ["book.ETH-USD"]
+        async with connect(relay.ws_url) as feed:
+            await feed.subscribe("book.BTC-USD", request_id=1)
+            assert (await feed.reply())["code"] == "unknown_channel"
+            await feed.subscribe("book.ETH-USD", request_id=2)
+            assert (await feed.reply())["type"] == "subscribed"
+    await publisher.close()

@@ -11,6 +11,8 @@ from support.client import Feed, connect
 from support.producer import RawProducer
 from support.relay import RunningRelay, redis_source, running_relay
 
+from relay.core.book import Book
+
 BOOK = "book.BTC-USD"
 OTHER = "book.ETH-USD"
 START = {"bids": [["100.0", "1"]], "asks": [["101.0", "1"]]}
@@ -172,3 +174,20 @@ async def test_an_epoch_change_with_continuing_seqs_is_caught_by_the_epoch_check
         await producer.snapshot(BOOK, 6, six, {"bids": [["10.0", "1"]], "asks": []})
         await _snapshot_in_epoch(feed, "e2")
         assert relay.metric("relay_source_resyncs_total", {"reason": "epoch"}) == 1
+
+
+async def test_a_crossing_update_is_held_back_counted_and_rebuilt(
+    redis_url: str, producer: RawProducer
+) -> None:
+    async with running_relay(redis_source(redis_url)) as relay, connect(relay.ws_url) as feed:
+        await _subscribed(relay, feed, BOOK)
+        await producer.add(BOOK, 6, level("101.5", "1"))  # a bid above the best ask 101.0
+        fixed = {"bids": [["100.0", "1"]], "asks": [["102.0", "1"]]}
+        seven = await producer.add(
+            BOOK, 7, {"bids": [["101.5", "0"]], "asks": [["101.0", "0"], ["102.0", "1"]]}
+        )
+        await producer.snapshot(BOOK, 7, seven, fixed)
+        view = await feed.until(BOOK, 7)
+        assert not [f for f in feed.frames if f.get("type") == "update" and f["seq"] == 6]
+        assert view.book == Book.from_payload(fixed)
+        assert relay.metric("relay_source_resyncs_total", {"reason": "crossed"}) == 1

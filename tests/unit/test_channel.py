@@ -551,3 +551,24 @@ def test_replay_after_distrusts_a_snapshot_that_does_not_fit_its_stream(
     assert outcome.reason is ResyncReason.SOURCE
     assert not channel.live
     assert channel.seq == SNAPSHOT_SEQ
+
+
+def test_an_update_that_crosses_the_book_is_never_sent() -> None:
+    channel = book_channel()
+    best_ask = channel.book.best_ask()
+    assert best_ask is not None
+    outcome = channel.apply(entry(11, {"bids": [[best_ask[0], "1"]], "asks": []}))
+    assert isinstance(outcome, Resync)
+    assert outcome.reason is ResyncReason.CROSSED
+    assert "seq 11" in outcome.detail
+    assert not channel.live
+    assert channel.seq == SNAPSHOT_SEQ  # the crossed update did not become the channel's seq
+
+
+def test_a_crossed_snapshot_is_refused() -> None:
+    channel = Channel(BOOK, Kind.BOOK, history=10, trades_kept=0)
+    with pytest.raises(MalformedEntry, match="crossed"):
+        channel.reset(
+            epoch="e", seq=1, ts=1, state={"bids": [["10", "1"]], "asks": [["9", "1"]]}
+        )
+    assert not channel.live
