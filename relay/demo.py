@@ -16,11 +16,11 @@ import redis.asyncio as aioredis
 
 from relay import redisproc
 from relay.config import ServeConfig
-from relay.producer import MemoryPublisher, Publisher, RedisPublisher, Simulator
+from relay.producer import MemoryPublisher, Publisher, Simulator, redis_publisher
 from relay.server import build_app, serve
 from relay.source.base import Source
 from relay.source.memory import MemorySource, MemoryStore
-from relay.source.redis import RedisSource, connect
+from relay.source.redis import open_source
 
 log = logging.getLogger("relay.demo")
 
@@ -35,7 +35,9 @@ class SimOptions:
 
 
 async def _reachable(url: str) -> bool:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    # One node answering is enough to tell a cluster is there.
+    plain = url.replace("+cluster", "", 1)
+    client = aioredis.Redis.from_url(plain, socket_connect_timeout=1.0, socket_timeout=1.0)
     try:
         return bool(await client.ping())
     except (OSError, aioredis.RedisError):
@@ -57,10 +59,13 @@ async def _pick_source(
     try:
         if private is not None or await _reachable(url):
             where = f"private redis-server at {url}" if private else f"Redis at {url}"
-            reader = RedisSource(
-                connect(url, read_timeout=config.read_block_ms / 1000 + 5), config.key_prefix
+            reader = open_source(
+                url,
+                config.key_prefix,
+                read_timeout=config.read_block_ms / 1000 + 5,
+                poll_ms=config.cluster_poll_ms,
             )
-            writer = RedisPublisher(aioredis.Redis.from_url(url), config.key_prefix, maxlen)
+            writer = redis_publisher(url, config.key_prefix, maxlen)
             yield where, reader, writer
             await writer.close()
         else:

@@ -21,14 +21,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and below 65536."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 < 65536 and _port_is_free(port + 10000):
+            return port
+    for port in range(20000, 30000, 7):
+        if _port_is_free(port) and _port_is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def available() -> bool:
     return shutil.which("redis-server") is not None
 
 
 class RedisProcess:
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
-        self.port = port or free_port()
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, cluster: bool = False
+    ) -> None:
+        self.port = port or (free_cluster_port() if cluster else free_port())
         self.appendonly = appendonly
+        self.cluster = cluster
         self._dir = tempfile.TemporaryDirectory(prefix="relay-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -53,6 +77,9 @@ class RedisProcess:
             "--dir", self._dir.name,
             "--logfile", str(Path(self._dir.name) / "redis.log"),
         ]  # fmt: skip
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "2000"]  # fmt: skip
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

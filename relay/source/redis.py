@@ -13,7 +13,15 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,6 +44,9 @@ _TRANSIENT = (
     BusyLoadingError,
     ReadOnlyError,
     TryAgainError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    RedisClusterException,
     OSError,
 )
 
@@ -63,7 +74,7 @@ async def guard(call: Callable[[], Awaitable[T]]) -> T:
         raise
 
 
-def _entries(raw: Sequence[Any]) -> list[StreamEntry]:
+def entries_of(raw: Sequence[Any]) -> list[StreamEntry]:
     return [StreamEntry(entry_id.decode(), fields) for entry_id, fields in raw]
 
 
@@ -106,14 +117,14 @@ class RedisSource:
     async def entries_from(self, channel: str, start: str, count: int) -> list[StreamEntry]:
         key = stream_key(self.prefix, channel)
         raw = await guard(lambda: self.client.xrange(key, min=start, max="+", count=count))
-        return _entries(raw)
+        return entries_of(raw)
 
     async def last_entries(self, channel: str, count: int) -> list[StreamEntry]:
         if count <= 0:
             return []
         key = stream_key(self.prefix, channel)
         raw = await guard(lambda: self.client.xrevrange(key, max="+", min="-", count=count))
-        return _entries(raw)[::-1]
+        return entries_of(raw)[::-1]
 
     async def read(
         self, positions: Mapping[str, str], block_ms: int, count: int
@@ -126,7 +137,7 @@ class RedisSource:
         for key, entries in raw:
             channel = channel_of_key(self.prefix, key.decode())
             if channel is not None:
-                result.append((channel, _entries(entries)))
+                result.append((channel, entries_of(entries)))
         return result
 
     async def ping(self) -> None:
@@ -134,3 +145,13 @@ class RedisSource:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def open_source(url: str, prefix: str, *, read_timeout: float, poll_ms: int = 5) -> RedisSource:
+    """The source for a URL: ``redis://``/``rediss://``/``unix://``, or a Redis Cluster
+    with ``redis+cluster://`` (any node of it; the others are discovered)."""
+    from relay.source.cluster import RedisClusterSource, connect_cluster, is_cluster_url
+
+    if is_cluster_url(url):
+        return RedisClusterSource(connect_cluster(url, read_timeout=read_timeout), prefix, poll_ms)
+    return RedisSource(connect(url, read_timeout=read_timeout), prefix)
