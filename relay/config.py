@@ -28,6 +28,7 @@ class ServeConfig:
     discovery_interval: float = 5.0
     read_count: int = 1000
     read_block_ms: int = 1000
+    cluster_poll_ms: int = 5
     history: int = 2000
     trades_snapshot: int = 50
     checksum_depth: int = 10
@@ -45,6 +46,7 @@ class ServeConfig:
     ready_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    metrics_channel_labels: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,13 @@ def _log_format(text: str) -> str:
     return text
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 _DEFAULTS = ServeConfig()
 
 
@@ -81,7 +90,12 @@ def _knob(name: str, type_: Callable[[str], Any], help_: str, flag: str | None =
     return Knob(name, type_, getattr(_DEFAULTS, name), help_, flag)
 
 
-REDIS_KNOB = _knob("redis_url", str, "Redis URL of the producers' streams", flag="redis")
+REDIS_KNOB = _knob(
+    "redis_url",
+    str,
+    "Redis URL of the producers' streams; redis+cluster://host:port for a Redis Cluster",
+    flag="redis",
+)
 PREFIX_KNOB = _knob("key_prefix", str, "prefix of stream keys: <prefix>{<channel>}")
 LOG_KNOBS = (
     _knob("log_level", str, "log level: debug, info, warning, error"),
@@ -97,6 +111,7 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("discovery_interval", float, "seconds between channel rescans and epoch checks"),
     _knob("read_count", int, "XREAD COUNT: max entries per stream per read"),
     _knob("read_block_ms", int, "XREAD BLOCK in milliseconds"),
+    _knob("cluster_poll_ms", int, "Redis Cluster: pause between reads that found nothing, ms"),
     _knob("history", int, "encoded updates kept per channel for resume"),
     _knob("trades_snapshot", int, "last trades sent on subscribe to a trades channel"),
     _knob("checksum_depth", int, "levels per side in book frames' checksum; 0: no checksum"),
@@ -113,6 +128,11 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("backoff_max", float, "cap of the retry delay after Redis errors, seconds"),
     _knob("ready_grace", float, "seconds without Redis contact before /readyz fails"),
     *LOG_KNOBS,
+    _knob(
+        "metrics_channel_labels",
+        _non_negative,
+        "per-channel metric series for at most N channels (relay_channel_*); 0: none",
+    ),
 )
 
 

@@ -90,7 +90,13 @@ class Connection:
             return True
         buffered = transport.get_write_buffer_size()
         log.warning(
-            "slow consumer", extra={"conn": self.id, "remote": self.remote, "buffered": buffered}
+            "slow consumer",
+            extra={
+                "conn": self.id,
+                "remote": self.remote,
+                "buffered": buffered,
+                "subscriptions": len(self.subscriptions),
+            },
         )
         self.metrics.slow_consumer_closes.inc()
         self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer")

@@ -13,10 +13,14 @@ what makes it correct (DESIGN.md):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry.trace import Tracer
+
+from relay import telemetry
 from relay.core.channel import Applied, Channel, Kind, Resync, ResyncReason, replay_after
 from relay.core.entry import MalformedEntry, StreamEntry
 from relay.core.protocol import (
@@ -64,8 +68,10 @@ class Hub:
         trades_kept: int,
         max_subscriptions: int,
         checksum_depth: int = 10,
+        tracer: Tracer | None = None,
     ) -> None:
         self.metrics = metrics
+        self.tracer = tracer  # None: tracing off
         self.history = history
         self.trades_kept = trades_kept
         self.max_subscriptions = max_subscriptions
@@ -104,15 +110,23 @@ class Hub:
         resyncs: list[tuple[str, Resync]] = []
         due: dict[Subscriber, list[bytes]] = {}
         metrics = self.metrics
+        # Metrics once per channel and batch (latencies: a bulk observation of the
+        # channel's producer timestamps), never per subscriber.
+        now_us = time.time_ns() // 1000
+        size = 0
+        delivered: list[tuple[list[int], int]] = []
         for name, entries in batch:
+            size += len(entries)
             channel = self.channels.get(name)
             if channel is None or not channel.live:
                 continue  # a rebuild will read these entries again from the snapshot on
             frames: list[bytes] = []
+            stamps: list[int] = []
             for raw in entries:
                 outcome = channel.apply(raw)
                 if isinstance(outcome, Applied):
                     frames.append(outcome.frame)
+                    stamps.append(outcome.entry.ts)
                 else:
                     resyncs.append((name, outcome))
                     self._count_resync(name, outcome)
@@ -120,9 +134,11 @@ class Hub:
             if not frames:
                 continue
             metrics.entries_ingested.labels(channel.kind.value).inc(len(frames))
+            metrics.ingest_lag.observe_lags(now_us, stamps)
             subscribers = self._subscribers[name]
             if not subscribers:
                 continue
+            delivered.append((stamps, len(subscribers)))
             chunk = frames[0] if len(frames) == 1 else b"".join(frames)
             metrics.frames_delivered.inc(len(frames) * len(subscribers))
             metrics.bytes_delivered.inc(len(chunk) * len(subscribers))
@@ -141,6 +157,13 @@ class Hub:
                 else subscriber.deliver_many(chunks)
             )
         ]
+        if delivered:
+            # After the writes: each frame counts once per subscriber it was written to.
+            written_us = time.time_ns() // 1000
+            for channel_stamps, weight in delivered:
+                metrics.delivery_latency.observe_lags(written_us, channel_stamps, weight)
+            metrics.fanout_writes.inc(len(due))
+        metrics.fanout_batch.observe(size)
         for subscriber in gone:
             self.drop(subscriber)
         return resyncs
@@ -149,9 +172,17 @@ class Hub:
         self.metrics.resyncs.labels(resync.reason.value).inc()
         if resync.reason is ResyncReason.MALFORMED:
             self.metrics.malformed_entries.inc()
+        elif resync.reason is ResyncReason.GAP:
+            self.metrics.gaps.inc()
+        channel = self.channels.get(name)
         log.warning(
             "channel resync",
-            extra={"channel": name, "reason": resync.reason.value, "detail": resync.detail},
+            extra={
+                "channel": name,
+                "seq": channel.seq if channel is not None else None,
+                "reason": resync.reason.value,
+                "detail": resync.detail,
+            },
         )
 
     def mark_all_stale(self, reason: ResyncReason, detail: str) -> None:
@@ -206,9 +237,20 @@ class Hub:
 
     def _snapshot(self, channel: Channel) -> bytes:
         before = channel.snapshots_encoded
+        started = time.time_ns() if self.tracer is not None else 0
         frame = channel.snapshot()
         if channel.snapshots_encoded != before:
             self.metrics.snapshots_encoded.inc()
+            if self.tracer is not None:
+                telemetry.record_snapshot_build(
+                    self.tracer,
+                    channel.name,
+                    channel.kind.value,
+                    channel.seq,
+                    len(frame),
+                    started,
+                    time.time_ns(),
+                )
         return frame
 
     # -- client requests --------------------------------------------------------------

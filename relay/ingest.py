@@ -20,7 +20,11 @@ import time
 from collections.abc import Callable
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import Tracer
 
+from relay import telemetry
 from relay.backoff import Backoff
 from relay.config import ServeConfig
 from relay.core.channel import Kind, ResyncReason, parse_channel_name
@@ -43,12 +47,14 @@ class Ingestor:
         config: ServeConfig,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer | None = None,
     ) -> None:
         self.source = source
         self.hub = hub
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        self.tracer = tracer  # None: tracing off
         self.positions: dict[str, str] = {}
         self.synced_once = False
         self.last_contact: float | None = None
@@ -57,6 +63,11 @@ class Ingestor:
         # A channel whose rebuild failed waits before the next try, so a channel stuck on
         # a bad entry costs Redis one snapshot read per second, not one per read batch.
         self._retry_at: dict[str, float] = {}
+        # Why each channel waits for a rebuild (the relay.resync span's reason).
+        self._stale_reasons: dict[str, str] = {}
+        # Since when the source has been failing (None while it answers), and how often.
+        self._down_since: float | None = None
+        self._failed_reads = 0
 
     def ready(self) -> bool:
         """Initial state loaded and the source answered recently."""
@@ -64,13 +75,32 @@ class Ingestor:
             return False
         return self.clock() - self.last_contact <= self.config.ready_grace
 
+    def source_up(self) -> bool:
+        """The source answered and has not failed since."""
+        return self._down_since is None and self.last_contact is not None
+
+    def contact_age(self) -> float:
+        """Seconds since the source last answered; -1 before it ever did."""
+        return -1.0 if self.last_contact is None else self.clock() - self.last_contact
+
     async def run(self) -> None:
+        # No client spans for the reader's own Redis commands (one per blocking XREAD)
+        # should a Redis instrumentation be installed: ingest batches are traced instead.
+        with suppress_instrumentation():
+            await self._run()
+
+    async def _run(self) -> None:
         while True:
             try:
                 await self.step()
                 self._backoff.reset()
+                if self._down_since is not None:
+                    self._recovered()
             except SourceUnavailable as exc:
                 self.metrics.redis_errors.inc()
+                if self._down_since is None:
+                    self._down_since = self.clock()
+                self._failed_reads += 1
                 delay = self._backoff.next_delay()
                 log.warning(
                     "source unavailable, retrying",
@@ -84,8 +114,24 @@ class Ingestor:
                 delay = self._backoff.next_delay()
                 log.exception("ingest failed, rebuilding every channel", extra={"retry_in": delay})
                 self.hub.mark_all_stale(ResyncReason.INTERNAL, "ingest failure")
+                for name in self.hub.channels:
+                    self._stale_reasons[name] = ResyncReason.INTERNAL.value
                 self.positions.clear()
                 await asyncio.sleep(delay)
+
+    def _recovered(self) -> None:
+        """The first good turn after the source failed: a reconnect."""
+        assert self._down_since is not None
+        self.metrics.redis_reconnects.inc()
+        log.info(
+            "source recovered",
+            extra={
+                "down_for": round(self.clock() - self._down_since, 3),
+                "failed_reads": self._failed_reads,
+            },
+        )
+        self._down_since = None
+        self._failed_reads = 0
 
     async def step(self) -> None:
         """One turn: discovery when due, rebuilds when needed, then one blocking read."""
@@ -110,8 +156,18 @@ class Ingestor:
         for name, entries in batch:
             if entries and name in self.positions:
                 self.positions[name] = entries[-1].id
-        for name, _ in self.hub.ingest(batch):
+        tracer = self.tracer
+        if tracer is None:
+            resyncs = self.hub.ingest(batch)
+        else:
+            span = telemetry.start_ingest_span(tracer, batch)
+            with trace.use_span(span, end_on_exit=True):
+                resyncs = self.hub.ingest(batch)
+                if resyncs:
+                    span.set_attribute("relay.resyncs", len(resyncs))
+        for name, resync in resyncs:
             self.positions.pop(name, None)
+            self._stale_reasons[name] = resync.reason.value
 
     async def discover(self) -> None:
         names = list(self.config.channels) or await self.source.discover()
@@ -131,6 +187,7 @@ class Ingestor:
                 self.hub.mark_stale(
                     name, ResyncReason.EPOCH, f"epoch {channel.epoch!r} -> {epoch!r}"
                 )
+                self._stale_reasons[name] = ResyncReason.EPOCH.value
                 self.positions.pop(name, None)
         self._count_channels()
 
@@ -144,10 +201,12 @@ class Ingestor:
         for name, channel in list(self.hub.channels.items()):
             if channel.live or self._retry_at.get(name, 0.0) > now:
                 continue
-            if channel.kind is Kind.BOOK:
-                await self._sync_book(name)
-            else:
-                await self._sync_trades(name)
+            reason = self._stale_reasons.get(name, "cold_start")
+            with telemetry.resync_span(self.tracer, name, channel.kind.value, reason):
+                if channel.kind is Kind.BOOK:
+                    await self._sync_book(name)
+                else:
+                    await self._sync_trades(name)
         self._count_channels()
 
     async def _sync_book(self, name: str) -> None:
@@ -203,11 +262,16 @@ class Ingestor:
         if failed is None:
             self.positions[name] = position
             self._retry_at.pop(name, None)
+            self._stale_reasons.pop(name, None)
             channel = self.hub.channels[name]
+            telemetry.annotate(
+                **{"relay.resync.outcome": "live", "relay.seq": channel.seq},
+            )
             log.info(
                 "channel live", extra={"channel": name, "epoch": channel.epoch, "seq": channel.seq}
             )
         else:
+            telemetry.annotate(**{"relay.resync.outcome": "failed", "relay.error": str(failed)})
             self._retry_at[name] = self.clock() + _REBUILD_RETRY
             log.warning(
                 "channel rebuild failed, will retry", extra={"channel": name, "error": str(failed)}

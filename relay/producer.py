@@ -16,12 +16,15 @@ import random
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
+from opentelemetry.trace import TracerProvider
+from redis.asyncio.cluster import RedisCluster
 
+from relay import telemetry
 from relay.backoff import Backoff
 from relay.market import Market, instruments
 from relay.source.base import SourceUnavailable, meta_key, snapshot_key, stream_key
@@ -38,6 +41,14 @@ class Publication:
     ts: int
     data: bytes
     snapshot: bytes | None = None  # the book at this seq, written atomically with it
+    traceparent: bytes | None = None  # W3C trace context of the span that published it
+
+
+def traced(items: Sequence[Publication], traceparent: bytes | None) -> list[Publication]:
+    """``items`` carrying ``traceparent`` (unchanged when it is None)."""
+    if traceparent is None:
+        return list(items)
+    return [replace(item, traceparent=traceparent) for item in items]
 
 
 class Publisher(Protocol):
@@ -53,7 +64,10 @@ class Publisher(Protocol):
 
 
 def _fields(item: Publication) -> dict[bytes, bytes]:
-    return {b"seq": b"%d" % item.seq, b"ts": b"%d" % item.ts, b"data": item.data}
+    fields = {b"seq": b"%d" % item.seq, b"ts": b"%d" % item.ts, b"data": item.data}
+    if item.traceparent is not None:
+        fields[b"traceparent"] = item.traceparent
+    return fields
 
 
 # XADD and the snapshot hash that points at the new entry, in one atomic step: the id is
@@ -61,6 +75,13 @@ def _fields(item: Publication) -> dict[bytes, bytes]:
 _XADD_WITH_SNAPSHOT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                       'seq', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'ts', ARGV[3], 'data', ARGV[5], 'id', id)
+return id
+"""
+# The same with the optional contract field traceparent (ARGV[6]) on the entry.
+_XADD_WITH_SNAPSHOT_TRACED = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'seq', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4], 'traceparent', ARGV[6])
 redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'ts', ARGV[3], 'data', ARGV[5], 'id', id)
 return id
 """
@@ -72,6 +93,8 @@ class RedisPublisher:
         self.prefix = prefix
         self.maxlen = maxlen
         self._script = client.register_script(_XADD_WITH_SNAPSHOT)
+        self._traced_script = client.register_script(_XADD_WITH_SNAPSHOT_TRACED)
+        self._cluster = isinstance(client, RedisCluster)
 
     async def reset(self, channels: Sequence[str], epoch: str) -> None:
         async def run() -> None:
@@ -88,18 +111,28 @@ class RedisPublisher:
         async def run() -> None:
             pipe = self.client.pipeline(transaction=False)
             for item in items:
-                stream = stream_key(self.prefix, item.channel)
                 if item.snapshot is None:
+                    stream = stream_key(self.prefix, item.channel)
                     pipe.xadd(stream, _fields(item), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                elif self._cluster:
+                    # A cluster pipeline refuses scripts: send what precedes, then the
+                    # script alone, so the stream keeps the order of the items.
+                    await pipe.execute()
+                    pipe = self.client.pipeline(transaction=False)
+                    await self._xadd_with_snapshot(item, self.client)
                 else:
-                    await self._script(
-                        keys=[stream, snapshot_key(self.prefix, item.channel)],
-                        args=[self.maxlen, item.seq, item.ts, item.data, item.snapshot],
-                        client=pipe,
-                    )
+                    await self._xadd_with_snapshot(item, pipe)
             await pipe.execute()
 
         await guard(run)
+
+    async def _xadd_with_snapshot(self, item: Publication, client: Any) -> None:
+        keys = [stream_key(self.prefix, item.channel), snapshot_key(self.prefix, item.channel)]
+        args: list[Any] = [self.maxlen, item.seq, item.ts, item.data, item.snapshot]
+        if item.traceparent is None:
+            await self._script(keys=keys, args=args, client=client)
+        else:
+            await self._traced_script(keys=keys, args=[*args, item.traceparent], client=client)
 
     async def last_seqs(self, channels: Sequence[str]) -> dict[str, int]:
         async def run() -> list[Any]:
@@ -116,6 +149,18 @@ class RedisPublisher:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def redis_publisher(url: str, prefix: str = "md:", maxlen: int = 10_000) -> RedisPublisher:
+    """A publisher for a Redis URL, or for a Redis Cluster with ``redis+cluster://``."""
+    from relay.source.cluster import is_cluster_url
+
+    if is_cluster_url(url):
+        cluster = RedisCluster.from_url(
+            url.replace("+cluster", "", 1), socket_connect_timeout=2.0, socket_timeout=5.0
+        )
+        return RedisPublisher(cluster, prefix, maxlen)  # type: ignore[arg-type]
+    return RedisPublisher(aioredis.Redis.from_url(url), prefix, maxlen)
 
 
 class MemoryPublisher:
@@ -137,7 +182,12 @@ class MemoryPublisher:
             if item.snapshot is not None:
                 self.store.hset(
                     snapshot_key(self.prefix, item.channel),
-                    {**_fields(item), b"data": item.snapshot, b"id": entry_id.encode()},
+                    {
+                        b"seq": b"%d" % item.seq,
+                        b"ts": b"%d" % item.ts,
+                        b"data": item.snapshot,
+                        b"id": entry_id.encode(),
+                    },
                 )
 
     async def last_seqs(self, channels: Sequence[str]) -> dict[str, int]:
@@ -167,9 +217,12 @@ class Simulator:
         snapshot_every: int = 100,
         depth: int = 200,
         seed: int | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         rng = random.Random(seed)
         self.publisher = publisher
+        # One relay.publish span per write; its traceparent goes on the entries (sampled).
+        self._tracer = telemetry.producer_tracer(tracer_provider, "relay-simulate")
         self.rate = rate
         self.snapshot_every = snapshot_every
         self.markets = [
@@ -195,7 +248,8 @@ class Simulator:
             items.append(Publication(channel, 1, now_us(), book, snapshot=book))
             self.seqs[channel] = 1
             self.seqs[f"trades.{market.instrument.symbol}"] = 0
-        await self.publisher.publish(items)
+        with telemetry.publish_span(self._tracer, len(items)) as parent:
+            await self.publisher.publish(traced(items, parent))
 
     def step(self) -> list[Publication]:
         """One event per market; the seq of each channel moves by exactly one per entry."""
@@ -253,17 +307,19 @@ class Simulator:
                 await asyncio.sleep(tick)
                 continue
             batch = [item for _ in range(due) for item in self.step()]
-            while True:
-                try:
-                    await self.publisher.publish(batch)
-                    backoff.reset()
-                    break
-                except SourceUnavailable as exc:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "publish failed, retrying",
-                        extra={"error": str(exc), "retry_in": round(delay, 3)},
-                    )
-                    await asyncio.sleep(delay)
-                    batch = await self._unwritten(batch)
+            with telemetry.publish_span(self._tracer, len(batch)) as parent:
+                batch = traced(batch, parent)
+                while True:
+                    try:
+                        await self.publisher.publish(batch)
+                        backoff.reset()
+                        break
+                    except SourceUnavailable as exc:
+                        delay = backoff.next_delay()
+                        log.warning(
+                            "publish failed, retrying",
+                            extra={"error": str(exc), "retry_in": round(delay, 3)},
+                        )
+                        await asyncio.sleep(delay)
+                        batch = await self._unwritten(batch)
             done += due

@@ -16,15 +16,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
+from opentelemetry.trace import TracerProvider
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from relay import telemetry
 from relay.config import ServeConfig
 from relay.connection import Connection
 from relay.core.protocol import CloseCode, ErrorCode, Reject, parse_request
 from relay.core.ratelimit import TokenBucket
 from relay.hub import Hub
 from relay.ingest import Ingestor
-from relay.metrics import Metrics
+from relay.metrics import ChannelCollector, ChannelRow, Metrics, close_code_label, watch_loop_lag
 from relay.source.base import Source
 
 log = logging.getLogger("relay.server")
@@ -82,17 +84,29 @@ RELAY = web.AppKey("relay", Relay)
 
 
 def build_app(
-    config: ServeConfig, source: Source, metrics: Metrics | None = None
+    config: ServeConfig,
+    source: Source,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
+    """The relay's aiohttp app. Tracing: ``tracer_provider`` when given (tests), else the
+    one the ``OTEL_*`` environment sets up (relay.telemetry), else none at all."""
     metrics = metrics or Metrics()
+    provider = tracer_provider if tracer_provider is not None else telemetry.configure("relay")
+    tracer = telemetry.tracer(provider)
+    if provider is not None and tracer is not None:
+        telemetry.instrument_aiohttp(provider)  # before web.Application() below (NOTES.md)
     hub = Hub(
         metrics,
         history=config.history,
         trades_kept=config.trades_snapshot,
         max_subscriptions=config.max_subscriptions,
         checksum_depth=config.checksum_depth,
+        tracer=tracer,
     )
-    relay = Relay(config, source, metrics, hub, Ingestor(source, hub, config, metrics))
+    ingestor = Ingestor(source, hub, config, metrics, tracer=tracer)
+    relay = Relay(config, source, metrics, hub, ingestor)
+    _watch(relay)
     app = web.Application()
     app[RELAY] = relay
     app.router.add_get("/ws", websocket)
@@ -101,8 +115,41 @@ def build_app(
     app.router.add_get("/channels", channels)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.cleanup_ctx.append(_ingest_and_source)
+    app.cleanup_ctx.append(_loop_monitor)
     app.on_shutdown.append(_close_clients)
     return app
+
+
+def _watch(relay: Relay) -> None:
+    """Gauges read at scrape time from the relay's state."""
+    metrics, ingestor = relay.metrics, relay.ingestor
+    metrics.ready.set_function(lambda: float(not relay.draining and ingestor.ready()))
+    metrics.source_up.set_function(lambda: float(ingestor.source_up()))
+    metrics.source_contact_age.set_function(ingestor.contact_age)
+    if relay.config.metrics_channel_labels > 0:
+        hub = relay.hub
+
+        def rows() -> list[ChannelRow]:
+            return [
+                ChannelRow(name, hub.subscriber_count(name), ch.live, ch.seq, ch.ts)
+                for name, ch in hub.channels.items()
+            ]
+
+        metrics.registry.register(ChannelCollector(rows, relay.config.metrics_channel_labels))
+
+
+async def _loop_monitor(app: web.Application) -> AsyncIterator[None]:
+    """Owns the event-loop lag monitor (relay_event_loop_lag_seconds)."""
+    task = asyncio.create_task(
+        watch_loop_lag(app[RELAY].metrics.loop_lag), name="relay-loop-monitor"
+    )
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
 
 
 async def _ingest_and_source(app: web.Application) -> AsyncIterator[None]:
@@ -177,7 +224,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await conn.wait_closed()
         relay.connections.discard(conn)
         relay.metrics.connections.dec()
-        log.debug("disconnected", extra={"conn": conn.id, "close_code": ws.close_code})
+        relay.metrics.connections_closed.labels(close_code_label(ws.close_code)).inc()
+        log.debug(
+            "disconnected",
+            extra={"conn": conn.id, "remote": conn.remote, "close_code": ws.close_code},
+        )
     return ws
 
 

@@ -50,10 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Tracer, TracerProvider
 
+from relay import telemetry
 from relay.backoff import Backoff
 from relay.core.book import Book, Level
-from relay.producer import Publication, Publisher
+from relay.producer import Publication, Publisher, traced
 from relay.replay.errors import ReplayFormatError
 from relay.replay.events import BookDiff, Event, Reference, Snapshot, Trade, payload
 from relay.replay.recordings import aligned, recordings
@@ -330,11 +332,16 @@ class _Sender:
     never writes a seq twice."""
 
     def __init__(
-        self, publisher: Publisher, epoch: str, sleep: Callable[[float], Awaitable[None]]
+        self,
+        publisher: Publisher,
+        epoch: str,
+        sleep: Callable[[float], Awaitable[None]],
+        tracer: Tracer | None = None,
     ) -> None:
         self.publisher = publisher
         self.epoch = epoch
         self.sleep = sleep
+        self.tracer = tracer
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
 
@@ -342,7 +349,13 @@ class _Sender:
         await self.wait()
         if channels or items:
             self.sent += len(items)
-            self._task = asyncio.create_task(self._write(list(channels), list(items)))
+            self._task = asyncio.create_task(self._traced_write(list(channels), list(items)))
+
+    async def _traced_write(self, channels: list[str], items: list[Publication]) -> None:
+        """One relay.publish span per batch; its traceparent goes on the batch's entries
+        when it is sampled (nothing is written when tracing is off)."""
+        with telemetry.publish_span(self.tracer, len(items)) as parent:
+            await self._write(channels, traced(items, parent) if parent else items)
 
     async def wait(self) -> None:
         if self._task is not None:
@@ -399,6 +412,7 @@ async def replay(
     progress_every: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    tracer_provider: TracerProvider | None = None,
 ) -> ReplayStats:
     """Publish the recordings under ``paths`` (files or directories) as contract streams.
 
@@ -407,7 +421,9 @@ async def replay(
     batch in flight while the next is parsed); when paced, every batch that is due goes
     out before waiting for the next event's time. Venues recorded at different times start
     together (recordings.aligned). ``progress`` is called about every ``progress_every``
-    seconds and once at the end. Raises ReplayFormatError (file and line) for a recording
+    seconds and once at the end. Tracing (``tracer_provider``, else the ``OTEL_*``
+    environment, relay.telemetry): a span per batch, its traceparent on the entries.
+    Raises ReplayFormatError (file and line) for a recording
     that cannot be replayed; entries before that point are already published.
     """
     if speed is not None and speed <= 0:
@@ -418,7 +434,8 @@ async def replay(
     writer = Writer(snapshot_every, venue_prefix)
     steps = _Steps(with_checksums(aligned(streams)), writer)
     stats = ReplayStats(epoch or new_epoch())
-    sender = _Sender(publisher, stats.epoch, sleep)
+    tracer = telemetry.producer_tracer(tracer_provider, "relay-replay")
+    sender = _Sender(publisher, stats.epoch, sleep, tracer)
     started = last_report = clock()
     reported_events = 0
     position_ns = 0
