@@ -8,16 +8,15 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-import redis.asyncio as aioredis
 import uvloop
 
-from relay import __version__, logs
+from relay import __version__, logs, watch
 from relay.config import LOG_KNOBS, PREFIX_KNOB, REDIS_KNOB, SERVE_KNOBS, add_knobs, serve_config
 from relay.demo import SimOptions, run_demo
-from relay.producer import RedisPublisher, Simulator
+from relay.producer import Simulator, redis_publisher
 from relay.replay import cli as replay_cli
 from relay.server import build_app, serve
-from relay.source.redis import RedisSource, connect
+from relay.source.redis import open_source
 from relay.tail import tail
 
 
@@ -69,6 +68,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add_knobs(tail_cmd, LOG_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
 
     replay_cli.add_parser(commands, env)
+    watch.add_parser(commands, env)
 
     demo = commands.add_parser("demo", help="simulator + relay in one process, Redis optional")
     add_knobs(demo, SERVE_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
@@ -77,9 +77,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    publisher = RedisPublisher(
-        aioredis.Redis.from_url(args.redis_url), args.key_prefix, args.maxlen
-    )
+    publisher = redis_publisher(args.redis_url, args.key_prefix, args.maxlen)
     simulator = Simulator(
         publisher,
         symbols=args.symbols,
@@ -102,8 +100,11 @@ async def _simulate(args: argparse.Namespace) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     config = serve_config(args)
-    source = RedisSource(
-        connect(config.redis_url, read_timeout=config.read_block_ms / 1000 + 5), config.key_prefix
+    source = open_source(
+        config.redis_url,
+        config.key_prefix,
+        read_timeout=config.read_block_ms / 1000 + 5,
+        poll_ms=config.cluster_poll_ms,
     )
     await serve(build_app(config, source), config.host, config.port)
 
@@ -115,6 +116,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         uvloop.run(_serve(args))
     elif args.command == "replay":
         return int(uvloop.run(replay_cli.run(args)))
+    elif args.command == "watch":
+        with contextlib.suppress(KeyboardInterrupt):
+            return int(uvloop.run(watch.run(args)))
     elif args.command == "tail":
         with contextlib.suppress(KeyboardInterrupt):
             gaps = uvloop.run(tail(args.url, args.channels, args.count))
