@@ -6,6 +6,7 @@ Nothing here imports the relay: the bench measures it from the outside, as a cli
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -78,6 +79,8 @@ def pinned(cpus: set[int] | None) -> object:
         if cpus:
             os.sched_setaffinity(0, cpus)
         os.setpgrp()  # its own process group: Ctrl-C in the terminal goes to the bench only
+        with contextlib.suppress(OSError, AttributeError):  # die with the bench, whatever happens
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
     return pin
 
@@ -163,6 +166,19 @@ def sample_tree(pid: int) -> TreeSample:
             cpu += times.user + times.system
             rss += proc.memory_info().rss
     return TreeSample(cpu, rss)
+
+
+def cpu_jiffies(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of these CPUs from /proc/stat (busy = all but idle and iowait)."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[:8]]
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]
+    return busy, total
 
 
 _HWM = re.compile(r"^VmHWM:\s+(\d+) kB", re.MULTILINE)

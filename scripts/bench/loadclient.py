@@ -223,7 +223,9 @@ async def _connect(
         url = f"{url}/{','.join(channels)}"
 
     def factory() -> Client:
-        return Client(config.index_base + i, channels, slow_stats if slow else stats, slow, config.nchan)
+        return Client(
+            config.index_base + i, channels, slow_stats if slow else stats, slow, config.nchan
+        )
 
     def small_socket(_: object) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -239,7 +241,7 @@ async def _connect(
             max_frame_size=64 * 2**20,
             socket_factory=small_socket if slow and config.slow_rcvbuf else None,
         )
-    except Exception as exc:  # noqa: BLE001 - counted and reported, never fatal
+    except Exception as exc:  # counted and reported, never fatal
         stats.closes[f"connect: {type(exc).__name__}"] = (
             stats.closes.get(f"connect: {type(exc).__name__}", 0) + 1
         )
@@ -302,7 +304,8 @@ async def main(config: Config) -> None:
         elif line == "stop":
             stats.measuring = False
             cpu, wall = _cpu() - cpu_start, time.monotonic() - wall_start
-            stats.latencies.tofile(open(config.latency_file, "wb"))  # noqa: SIM115
+            with open(config.latency_file, "wb") as out:  # noqa: ASYNC230 - small, local
+                stats.latencies.tofile(out)
             _emit(
                 {
                     "event": "stats",
@@ -321,7 +324,7 @@ async def main(config: Config) -> None:
                 if c.transport is not None and not c.disconnected:
                     c.transport.underlying_transport.resume_reading()
             deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and any(not c.disconnected for c in slow):
+            while time.monotonic() < deadline and any(not c.disconnected for c in slow):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             _emit(
                 {

@@ -70,7 +70,8 @@ class BookPool:
         self.diffs: list[bytes] = []
         for _ in range(pool):
             diff: dict[str, list[list[str]]] = {"bids": [], "asks": []}
-            for side, book, prices in (("bids", bids, self.bid_prices), ("asks", asks, self.ask_prices)):  # fmt: skip
+            sides = (("bids", bids, self.bid_prices), ("asks", asks, self.ask_prices))
+            for side, book, prices in sides:
                 picked: set[int] = set()
                 for _ in range(4):
                     # Most activity near the top of the book, as in real markets.
@@ -148,9 +149,8 @@ class ReplyCounter(asyncio.Protocol):
                     break
                 pos = stop
             else:
-                if kind == 0x2D:  # -: error
-                    if len(self.errors) < 20:
-                        self.errors.append(bytes(buf[pos:end]))
+                if kind == 0x2D and len(self.errors) < 20:  # -: an error reply
+                    self.errors.append(bytes(buf[pos:end]))
                 pos = end + 2
             self.replies += 1
         del buf[:pos]
@@ -249,7 +249,8 @@ class Publisher:
 
     async def _command(self, payload: bytes, count: int) -> None:
         """Write ``count`` commands and wait for their replies."""
-        assert self._transport is not None and self._replies is not None
+        assert self._transport is not None
+        assert self._replies is not None
         replies = self._replies
         replies.want = replies.replies + count
         replies.waiter = asyncio.get_running_loop().create_future()
@@ -324,7 +325,7 @@ class Publisher:
             else:
                 key = self.keys[i]
                 out.append(
-                    b"*11\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n"
+                    b"*12\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n"
                     b"$1\r\n*\r\n$3\r\nseq\r\n$%d\r\n%d\r\n$2\r\nts\r\n$%d\r\n%d\r\n"
                     b"$4\r\ndata\r\n$%d\r\n%s\r\n"
                     % (

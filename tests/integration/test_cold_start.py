@@ -21,7 +21,9 @@ async def test_a_relay_started_late_serves_the_producers_current_state(redis_url
         await publisher.publish(sim.step())
     book_seq = sim.seqs["book.BTC-USD"]
     assert book_seq == 80
-    snapshot_seq = int(await publisher.client.hget(snapshot_key("md:", "book.BTC-USD"), "seq"))
+    raw_seq = await publisher.client.hget(snapshot_key("md:", "book.BTC-USD"), "seq")
+    assert isinstance(raw_seq, bytes)
+    snapshot_seq = int(raw_seq)
     assert snapshot_seq == 50  # so the relay must replay 51..80 from the stream
 
     async with running_relay(redis_source(redis_url), trades_snapshot=5) as relay:

@@ -9,7 +9,6 @@ import pytest
 from wsdecode import message, text_payload
 
 from relay.core.book import Book
-from relay.core.checksum import book_checksum
 from relay.core.channel import (
     Applied,
     Channel,
@@ -20,6 +19,7 @@ from relay.core.channel import (
     parse_channel_name,
     replay_after,
 )
+from relay.core.checksum import book_checksum
 from relay.core.entry import MalformedEntry, StreamEntry
 
 BOOK = "book.BTC-USD"
@@ -568,7 +568,5 @@ def test_an_update_that_crosses_the_book_is_never_sent() -> None:
 def test_a_crossed_snapshot_is_refused() -> None:
     channel = Channel(BOOK, Kind.BOOK, history=10, trades_kept=0)
     with pytest.raises(MalformedEntry, match="crossed"):
-        channel.reset(
-            epoch="e", seq=1, ts=1, state={"bids": [["10", "1"]], "asks": [["9", "1"]]}
-        )
+        channel.reset(epoch="e", seq=1, ts=1, state={"bids": [["10", "1"]], "asks": [["9", "1"]]})
     assert not channel.live
