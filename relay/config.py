@@ -41,6 +41,7 @@ class ServeConfig:
     slow_close_timeout: float = 5.0
     ping_interval: float = 20.0
     shutdown_timeout: float = 20.0
+    reconnect_window: float = 5.0
     backoff_base: float = 0.1
     backoff_max: float = 5.0
     ready_grace: float = 10.0
@@ -124,6 +125,11 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("slow_close_timeout", float, "seconds a slow consumer has to take its close frame"),
     _knob("ping_interval", float, "seconds between WebSocket pings; no pong in half: dropped"),
     _knob("shutdown_timeout", float, "seconds for an orderly shutdown on SIGTERM"),
+    _knob(
+        "reconnect_window",
+        float,
+        "on shutdown, clients are told to reconnect at a random time within this many seconds",
+    ),
     _knob("backoff_base", float, "first retry delay after a Redis error, seconds"),
     _knob("backoff_max", float, "cap of the retry delay after Redis errors, seconds"),
     _knob("ready_grace", float, "seconds without Redis contact before /readyz fails"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from relay.metrics import ChannelCollector, ChannelRow, Metrics, close_code_labe
 from relay.source.base import Source
 
 log = logging.getLogger("relay.server")
+_RNG = random.Random()
 
 
 @dataclass(slots=True)
@@ -175,8 +177,20 @@ async def _close_clients(app: web.Application) -> None:
     if connections:
         log.info("closing clients", extra={"count": len(connections)})
         await asyncio.gather(
-            *(conn.close(CloseCode.GOING_AWAY, "relay shutting down") for conn in connections)
+            *(
+                conn.close(CloseCode.GOING_AWAY, going_away_reason(relay.config.reconnect_window))
+                for conn in connections
+            )
         )
+
+
+def going_away_reason(window: float, rng: random.Random = _RNG) -> str:
+    """The 1001 close reason: when this client should reconnect, spread over ``window`` s.
+
+    Thousands of clients closed at once must not all come back in the same second; each
+    gets its own delay, uniform over the window (docs/protocol.md, close codes).
+    """
+    return f"relay shutting down; reconnect_in_ms={int(rng.uniform(0, window) * 1000)}"
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

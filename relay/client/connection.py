@@ -15,6 +15,7 @@ client from reading too; the relay then sees a slow consumer and closes the conn
 from __future__ import annotations
 
 import asyncio
+import re
 import inspect
 import logging
 import random
@@ -53,6 +54,15 @@ E = TypeVar("E", bound=Event)
 Callback = Callable[[E], Awaitable[None] | None]
 
 GOING_AWAY = 1001
+# A relay that shuts down says when to come back (docs/protocol.md, close codes), so that
+# its clients do not all reconnect in the same second; a hint is obeyed up to this cap.
+_HINT = re.compile(r"reconnect_in_ms=(\d{1,9})")
+_MAX_HINT_S = 60.0
+
+
+def _reconnect_hint(reason: str) -> float | None:
+    match = _HINT.search(reason)
+    return min(int(match[1]) / 1000, _MAX_HINT_S) if match else None
 POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 4000
 _REPORTED_CLOSES = {POLICY_VIOLATION: "rate limit exceeded", SLOW_CONSUMER: "slow consumer"}
@@ -388,7 +398,9 @@ class Client:
             reason = reason or _REPORTED_CLOSES.get(code or 0, "")
             lost = self._session.connection_lost(code)
             if code == GOING_AWAY:
-                delay = self._rng.uniform(0.0, self._going_away_jitter)
+                delay = _reconnect_hint(reason)
+                if delay is None:
+                    delay = self._rng.uniform(0.0, self._going_away_jitter)
             else:
                 delay = self._backoff.next_delay()
             if code in _REPORTED_CLOSES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,7 +77,9 @@ async def test_sigterm_closes_every_client_with_1001_and_exits(
                         break
             assert message.type is aiohttp.WSMsgType.CLOSE
             assert message.data == 1001
-            assert message.extra == "relay shutting down"
+            hint = re.fullmatch(r"relay shutting down; reconnect_in_ms=(\d+)", message.extra or "")
+            assert hint, message.extra
+            assert 0 <= int(hint[1]) <= 5000  # RELAY_RECONNECT_WINDOW's default, 5 s
         # No new connection gets in any more.
         async with aiohttp.ClientSession() as session:
             with pytest.raises(aiohttp.ClientError):
