@@ -15,10 +15,10 @@ client from reading too; the relay then sees a slow consumer and closes the conn
 from __future__ import annotations
 
 import asyncio
-import re
 import inspect
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -63,6 +63,8 @@ _MAX_HINT_S = 60.0
 def _reconnect_hint(reason: str) -> float | None:
     match = _HINT.search(reason)
     return min(int(match[1]) / 1000, _MAX_HINT_S) if match else None
+
+
 POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 4000
 _REPORTED_CLOSES = {POLICY_VIOLATION: "rate limit exceeded", SLOW_CONSUMER: "slow consumer"}
