@@ -399,10 +399,11 @@ class Client:
                 return
             reason = reason or _REPORTED_CLOSES.get(code or 0, "")
             lost = self._session.connection_lost(code)
-            if code == GOING_AWAY:
-                delay = _reconnect_hint(reason)
-                if delay is None:
-                    delay = self._rng.uniform(0.0, self._going_away_jitter)
+            hint = _reconnect_hint(reason) if code == GOING_AWAY else None
+            if hint is not None:
+                delay = hint
+            elif code == GOING_AWAY:
+                delay = self._rng.uniform(0.0, self._going_away_jitter)
             else:
                 delay = self._backoff.next_delay()
             if code in _REPORTED_CLOSES:
