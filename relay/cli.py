@@ -18,6 +18,7 @@ from relay.replay import cli as replay_cli
 from relay.server import build_app, serve
 from relay.source.redis import open_source
 from relay.tail import tail
+from relay.workers import Supervisor
 
 
 def _sim_options(parser: argparse.ArgumentParser) -> None:
@@ -106,12 +107,15 @@ async def _serve(args: argparse.Namespace) -> None:
         read_timeout=config.read_block_ms / 1000 + 5,
         poll_ms=config.cluster_poll_ms,
     )
-    await serve(build_app(config, source), config.host, config.port)
+    await serve(build_app(config, source), config.host, config.port, reuse_port=config.reuse_port)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = parser(os.environ if env is None else env).parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    if args.command == "serve" and args.workers > 1:
+        serve_argv = list(argv if argv is not None else sys.argv[1:])
+        return Supervisor(serve_argv, args.workers, args.shutdown_timeout).run()
     if args.command == "serve":
         uvloop.run(_serve(args))
     elif args.command == "replay":

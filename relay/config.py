@@ -22,6 +22,8 @@ class ServeConfig:
 
     host: str = "0.0.0.0"
     port: int = 8080
+    workers: int = 1
+    reuse_port: bool = False
     redis_url: str = DEFAULT_REDIS_URL
     key_prefix: str = "md:"
     channels: tuple[str, ...] = ()
@@ -71,6 +73,15 @@ def _channels(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
 def _log_format(text: str) -> str:
     if text not in {"json", "text"}:
         raise argparse.ArgumentTypeError("log format is json or text")
@@ -106,6 +117,8 @@ LOG_KNOBS = (
 SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("host", str, "address to listen on"),
     _knob("port", int, "port to listen on"),
+    _knob("workers", int, "relay processes sharing the port (SO_REUSEPORT), supervised"),
+    _knob("reuse_port", _bool, "listen with SO_REUSEPORT (set for each of several workers)"),
     REDIS_KNOB,
     PREFIX_KNOB,
     _knob("channels", _channels, "fixed comma-separated channel list; empty = discover"),
