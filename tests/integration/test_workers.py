@@ -23,6 +23,15 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in text.split()}
 
 
+def _alive(pid: int) -> bool:
+    """Running, not just a zombie waiting for init to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 async def _ready(port: int) -> None:
     async with aiohttp.ClientSession() as session, asyncio.timeout(20):
         while True:
@@ -55,7 +64,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_on_sigterm(
             "127.0.0.1",
             "--port",
             str(port),
-        ],  # fmt: skip
+        ],
         env=env,
     )
     try:
@@ -82,11 +91,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_on_sigterm(
         workers = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0
-        for pid in workers:
-            assert (
-                not Path(f"/proc/{pid}").exists()
-                or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-            )
+        assert not [pid for pid in workers if _alive(pid)]
     finally:
         if proc.poll() is None:
             proc.kill()
