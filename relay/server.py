@@ -32,6 +32,7 @@ from relay.source.base import Source
 
 log = logging.getLogger("relay.server")
 _RNG = random.Random()
+_INGEST_STOP_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -160,11 +161,12 @@ async def _ingest_and_source(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(relay.ingestor.run(), name="relay-ingest")
     yield
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not task.cancelled():
-            raise  # we are being cancelled ourselves, not just the task
+    # Bounded: a reader stuck in a library call must not hold the shutdown hostage.
+    done, _ = await asyncio.wait({task}, timeout=_INGEST_STOP_TIMEOUT)
+    if not done:
+        log.error("ingest did not stop in time", extra={"timeout": _INGEST_STOP_TIMEOUT})
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("ingest ended with an error", exc_info=task.exception())
     await relay.source.close()
 
 
