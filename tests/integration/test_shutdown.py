@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from support.client import connect
+from support.relay import wait_ready
 
 from relay.producer import RedisPublisher, Simulator
 from relay.redisproc import free_port
@@ -43,18 +44,6 @@ async def relay_process(redis_url: str) -> AsyncIterator[tuple[subprocess.Popen[
         proc.wait()
 
 
-async def _wait_ready(port: int) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(15):
-        while True:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-
-
 async def test_sigterm_closes_every_client_with_1001_and_exits(
     redis_url: str, relay_process: tuple[subprocess.Popen[bytes], int]
 ) -> None:
@@ -62,7 +51,7 @@ async def test_sigterm_closes_every_client_with_1001_and_exits(
     publisher = RedisPublisher(aioredis.Redis.from_url(redis_url))
     sim = Simulator(publisher, symbols=2, seed=9)
     await sim.start()
-    await _wait_ready(port)
+    await wait_ready(port)
     url = f"http://127.0.0.1:{port}/ws"
     async with connect(url) as a, connect(url) as b, connect(url) as c:
         for feed in (a, b, c):

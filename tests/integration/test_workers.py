@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import redis.asyncio as aioredis
 from support.client import connect
+from support.relay import wait_ready
 
 from relay.producer import RedisPublisher, Simulator
 from relay.redisproc import free_port
@@ -30,18 +30,6 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
-
-
-async def _ready(port: int) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(20):
-        while True:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
 
 
 async def test_two_workers_share_the_port_survive_a_crash_and_stop_on_sigterm(
@@ -68,7 +56,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_on_sigterm(
         env=env,
     )
     try:
-        await _ready(port)
+        await wait_ready(port)
         async with asyncio.timeout(10):
             while len(_children(proc.pid)) < 2:
                 await asyncio.sleep(0.05)
@@ -81,7 +69,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_on_sigterm(
                 if len(now) == 2 and victim not in now:
                     break
                 await asyncio.sleep(0.05)
-        await _ready(port)
+        await wait_ready(port)
         # Every connection is served, whichever worker the kernel gives it to.
         for n in range(6):
             async with connect(f"http://127.0.0.1:{port}/ws") as feed:

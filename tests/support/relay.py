@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from opentelemetry.trace import TracerProvider
 
 from relay.config import ServeConfig, from_env
 from relay.redisproc import free_port
@@ -54,9 +56,13 @@ def redis_source(url: str, prefix: str = "md:") -> RedisSource:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(source: Source, **overrides: Any) -> AsyncIterator[RunningRelay]:
+async def running_relay(
+    source: Source, tracer_provider: TracerProvider | None = None, **overrides: Any
+) -> AsyncIterator[RunningRelay]:
+    """A relay app on a free port; ``tracer_provider`` None: tracing as the environment
+    says, which in tests is off."""
     config = from_env({}, **{"host": "127.0.0.1", "port": free_port(), **FAST, **overrides})
-    app = build_app(config, source)
+    app = build_app(config, source, tracer_provider=tracer_provider)
     runner = web.AppRunner(app, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
@@ -64,3 +70,16 @@ async def running_relay(source: Source, **overrides: Any) -> AsyncIterator[Runni
         yield RunningRelay(app, config)
     finally:
         await runner.cleanup()
+
+
+async def wait_ready(port: int, timeout: float = 20.0) -> None:
+    """Until a relay process on ``port`` answers /readyz with 200."""
+    async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
