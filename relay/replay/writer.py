@@ -30,8 +30,10 @@ instrument, in ``venue.refs``, as ``{"kind": "top", "ts": <receive time us>,
 "bid": [px, sz|null], "ask": [px, sz|null], <venue ids, e.g. "u">}``: it was received
 while the book was at that entry's seq - 1, so a client checks it against its book just
 before applying the entry (Binance: by update id, see checks.py). References that arrive
-before an instrument's first book entry have nothing to describe and are dropped; those
-after its last one go out at the end on an empty entry (``{"bids": [], "asks": []}``).
+before an instrument's first book entry are dropped, as they describe no book the client
+will hold, except those matched by update id (Binance's ``u``): the first entry carries
+them, since the diffs after the snapshot are checked against the latest of them. Those
+after the last entry go out at the end on an empty entry (``{"bids": [], "asks": []}``).
 Putting them on the book channel keeps them in step with the book they describe, which a
 separate channel could not promise.
 """
@@ -151,9 +153,13 @@ class Writer:
         if isinstance(event, Trade):
             return [self._trade_entry(key, event)]
         channel = self._books.get(key)
-        if channel is None or channel.seq == 0 or event.kind == "checksum":
-            self.dropped_refs += 1  # nothing yet to describe / a checksum without its diff
+        if event.kind == "checksum" or (
+            (channel is None or channel.seq == 0) and "u" not in event.ids
+        ):
+            self.dropped_refs += 1  # a checksum without its diff / nothing yet to describe
             return []
+        if channel is None:
+            channel = self._books[key] = _BookChannel(self._channel("book", key))
         channel.refs.append(_ref_data(event))
         return []
 

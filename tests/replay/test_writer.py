@@ -83,8 +83,10 @@ def test_a_later_venue_snapshot_becomes_a_replacing_diff() -> None:
 
 def test_references_ride_on_the_next_book_entry() -> None:
     top = Reference("v", "X", 5_000, "top", bid=("1", "2"), ask=("3", None), ids={"u": 9})
+    positional = Reference("v", "X", 4_000, "top", bid=("1", "2"), ask=("3", None))
     events: list[Event] = [
-        top,  # before any book: nothing to describe, dropped
+        positional,  # before any book and not matched by update id: dropped
+        top,  # matched by update id: it rides on the first entry
         Snapshot("v", "X", 6_000, (("1", "2"),), (("3", "4"),)),
         top,
         BookDiff("v", "X", 7_000, (("1", "0"),), ()),
@@ -93,6 +95,9 @@ def test_references_ride_on_the_next_book_entry() -> None:
     writer = Writer()
     items = _feed(writer, events)
     assert writer.dropped_refs == 1
+    assert _data(items[0])["venue"]["refs"] == [
+        {"kind": "top", "ts": 5, "bid": ["1", "2"], "ask": ["3", None], "u": 9}
+    ]
     assert _data(items[1])["venue"] == {
         "name": "v",
         "refs": [{"kind": "top", "ts": 5, "bid": ["1", "2"], "ask": ["3", None], "u": 9}],
