@@ -283,8 +283,11 @@ class Simulator:
                 continue
             return [item for item in batch if item.seq > written[item.channel]]
 
-    async def run(self, *, steps: int | None = None, tick: float = 0.01) -> None:
-        """Publish at the configured rate until cancelled (or ``steps`` steps are out).
+    async def run(
+        self, *, steps: int | None = None, tick: float = 0.01, stop: asyncio.Event | None = None
+    ) -> None:
+        """Publish at the configured rate until cancelled, ``stop`` is set, or ``steps``
+        steps are out. ``stop`` ends the run between two writes, never inside one.
 
         A failed write is retried with backoff before the market moves on, so a Redis
         outage delays the feed but never makes a seq gap. A pipeline that failed may have
@@ -294,7 +297,7 @@ class Simulator:
         backoff = Backoff(0.05, 2.0)
         started = time.monotonic()
         done = 0
-        while steps is None or done < steps:
+        while (steps is None or done < steps) and not (stop is not None and stop.is_set()):
             due = int((time.monotonic() - started) * self.rate) - done
             if due > self._max_batch:
                 # Far behind (a long outage, a stalled loop): drop the backlog of time

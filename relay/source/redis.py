@@ -7,6 +7,7 @@ capped jittered backoff, so that a dead Redis is seen and counted in one place.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -64,9 +65,15 @@ def connect(url: str, *, read_timeout: float) -> aioredis.Redis:
 
 
 async def guard(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a Redis call; transient failures become SourceUnavailable (retry later)."""
     try:
         return await call()
     except _TRANSIENT as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can turn the cancellation of a command in flight into a connection
+            # error; retrying that would swallow the cancellation (a task that never ends).
+            raise asyncio.CancelledError from exc
         raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
         if str(exc).startswith(("LOADING", "MASTERDOWN", "CLUSTERDOWN")):

@@ -4,13 +4,12 @@ cross slots, and a node restart survived like a Redis restart."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 from support.client import Feed, connect
 from support.cluster import Cluster
-from support.relay import running_relay
+from support.relay import running_relay, stop_producing
 
 from relay.core.book import Book
 from relay.producer import Simulator, redis_publisher
@@ -57,7 +56,8 @@ async def _node_restart(cluster: Cluster) -> None:
         await relay.wait_live(*books, timeout=20)
         for n, channel in enumerate(books):
             await feed.subscribe(channel, request_id=n)
-        producing = asyncio.create_task(sim.run())
+        stop = asyncio.Event()
+        producing = asyncio.create_task(sim.run(stop=stop))
         try:
             await feed.until(books[0], 50, timeout=20)
             victim = cluster.nodes[1]
@@ -67,8 +67,6 @@ async def _node_restart(cluster: Cluster) -> None:
             await asyncio.to_thread(cluster.wait_ok)
             await feed.until(books[0], sim.seqs[books[0]] + 50, timeout=30)
         finally:
-            producing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producing
+            await stop_producing(producing, stop)
         await _check_books(feed, sim)
     await publisher.close()

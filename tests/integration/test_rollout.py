@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 
 import redis.asyncio as aioredis
-from support.relay import redis_source, running_relay
+from support.relay import redis_source, running_relay, stop_producing
 
 from relay.client import Client, Disconnected
 from relay.core.book import Book
@@ -28,7 +28,8 @@ async def _rollout(redis_url: str) -> None:
     sim = Simulator(publisher, symbols=2, seed=17, rate=50.0)
     await sim.start()
     books = [f"book.{m.instrument.symbol}" for m in sim.markets]
-    producing = asyncio.create_task(sim.run())
+    stop = asyncio.Event()
+    producing = asyncio.create_task(sim.run(stop=stop))
     delays: list[float] = []
     try:
         async with running_relay(redis_source(redis_url)) as survivor:
@@ -53,9 +54,7 @@ async def _rollout(redis_url: str) -> None:
                     while survivor.relay.hub.subscriber_count(books[0]) < CLIENTS:
                         await asyncio.sleep(0.05)
                 await asyncio.sleep(0.5)
-                producing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producing
+                await stop_producing(producing, stop)
                 async with asyncio.timeout(20):
                     for client in clients:
                         for channel in books:
@@ -76,9 +75,7 @@ async def _rollout(redis_url: str) -> None:
                             expected.ask_levels(),
                         )
     finally:
-        producing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await producing
+        await stop_producing(producing, stop)
         await publisher.close()
     assert len(delays) == CLIENTS
     assert all(0 <= d <= WINDOW for d in delays)

@@ -83,3 +83,14 @@ async def wait_ready(port: int, timeout: float = 20.0) -> None:
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.05)
+
+
+async def stop_producing(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """End a ``Simulator.run(stop=...)`` task between two writes, cancelling only as a
+    last resort (a cancellation during a Redis outage can be lost inside redis-py)."""
+    stop.set()
+    await asyncio.wait({task}, timeout=20)
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
