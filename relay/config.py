@@ -49,6 +49,7 @@ class ServeConfig:
     ready_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    page: bool = True
     metrics_channel_labels: int = 0
 
 
@@ -146,6 +147,7 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("backoff_base", float, "first retry delay after a Redis error, seconds"),
     _knob("backoff_max", float, "cap of the retry delay after Redis errors, seconds"),
     _knob("ready_grace", float, "seconds without Redis contact before /readyz fails"),
+    _knob("page", _bool, "serve the live book page at / and its files at /static/ (0: off)"),
     *LOG_KNOBS,
     _knob(
         "metrics_channel_labels",

@@ -98,6 +98,7 @@ async def run_demo(config: ServeConfig, options: SimOptions) -> None:
             f"relay demo: simulator writing {channels} to {where}\n"
             f"relay demo: connect to ws://{host}:{config.port}/ws  "
             f"(channel list: http://{host}:{config.port}/channels); Ctrl-C stops\n"
+            f"relay demo: live book page: http://{host}:{config.port}/\n"
             f'relay demo: try  {{"op":"subscribe","channel":"book.BTC-USD","id":1}}',
             flush=True,
         )

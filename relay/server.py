@@ -29,6 +29,7 @@ from relay.hub import Hub
 from relay.ingest import Ingestor
 from relay.metrics import ChannelCollector, ChannelRow, Metrics, close_code_label, watch_loop_lag
 from relay.source.base import Source
+from relay.web import add_page_routes
 
 log = logging.getLogger("relay.server")
 _RNG = random.Random()
@@ -117,6 +118,8 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/channels", channels)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    if config.page:
+        add_page_routes(app)
     app.cleanup_ctx.append(_ingest_and_source)
     app.cleanup_ctx.append(_loop_monitor)
     app.on_shutdown.append(_close_clients)
