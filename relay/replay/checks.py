@@ -20,9 +20,10 @@ import bisect
 import functools
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from relay.core.book import Book, Level
 from relay.replay.events import BookDiff, Event, Quote, Reference, Snapshot, Trade, payload
@@ -171,28 +172,9 @@ class Verifier:
 
     def _continuity(self, key: Key, state: _State, diff: BookDiff) -> None:
         prev, ids = state.last_ids, diff.ids
-        venue = diff.venue
-        if not prev:
-            return  # no snapshot ids to continue from
-        ok: bool
-        if venue in binance.VENUES:
-            futures = venue != binance.SPOT
-            first_id, last_id = int(ids["U"]), int(ids["u"])
-            if state.after_snapshot and "u" not in prev:
-                snap = int(prev["lastUpdateId"])
-                want = snap if futures else snap + 1
-                ok = first_id <= want <= last_id
-            elif futures:
-                ok = ids["pu"] == prev["u"]
-            else:
-                ok = first_id == int(prev["u"]) + 1
-        elif venue == "krakenfutures":
-            ok = int(ids["seq"]) == int(prev["seq"]) + 1
-        elif venue == "bybit":
-            ok = int(ids["u"]) == int(prev["u"]) + 1
-        else:
-            return
-        self.update_ids.add(ok, lambda: f"{key}: {dict(ids)} after {prev}")
+        ok = ids_continue(diff.venue, prev, ids, after_snapshot=state.after_snapshot)
+        if ok is not None:
+            self.update_ids.add(ok, lambda: f"{key}: {dict(ids)} after {prev}")
 
     def _reference(self, key: Key, state: _State, ref: Reference) -> None:
         if ref.kind == "top" and "u" in ref.ids:
@@ -250,3 +232,27 @@ class Verifier:
 
 def _binance_miss(key: Key, u: int, bid: Level | None, ask: Level | None, ref: Reference) -> str:
     return f"{key} diff u={u}: top {bid}/{ask}, bookTicker u={ref.ids['u']}: {ref.bid}/{ref.ask}"
+
+
+def ids_continue(
+    venue: str, prev: Mapping[str, Any], ids: Mapping[str, Any], *, after_snapshot: bool
+) -> bool | None:
+    """Whether a diff's venue update ids follow on from the previous ones (the venue's
+    documented rule), or None where the venue has no such ids or nothing precedes them."""
+    if not prev:
+        return None  # no snapshot ids to continue from
+    if venue in binance.VENUES:
+        futures = venue != binance.SPOT
+        first_id, last_id = int(ids["U"]), int(ids["u"])
+        if after_snapshot and "u" not in prev:
+            snap = int(prev["lastUpdateId"])
+            want = snap if futures else snap + 1
+            return first_id <= want <= last_id
+        if futures:
+            return bool(ids["pu"] == prev["u"])
+        return first_id == int(prev["u"]) + 1
+    if venue == "krakenfutures":
+        return int(ids["seq"]) == int(prev["seq"]) + 1
+    if venue == "bybit":
+        return int(ids["u"]) == int(prev["u"]) + 1
+    return None

@@ -69,7 +69,7 @@ from relay.client import (
 )
 from relay.core.book import Level
 from relay.producer import Publication, RedisPublisher
-from relay.replay.checks import CHECKSUMS, Tally, quote_matches
+from relay.replay.checks import CHECKSUMS, Tally, ids_continue, quote_matches
 from relay.replay.events import Quote
 from relay.replay.venues import binance, kraken, krakenfutures
 from relay.replay.writer import replay
@@ -259,26 +259,12 @@ class Checks:
         )
 
     def _continuity(self, venue: str, log: _BookLog, ids: Mapping[str, Any], where: str) -> None:
-        prev = log.ids
-        if not prev:
-            return  # no venue snapshot ids to continue from
-        ok: bool
-        if venue in binance.VENUES:
-            futures = venue != binance.SPOT
-            first_id, last_id = int(ids["U"]), int(ids["u"])
-            if log.after_snapshot and "u" not in prev:
-                snap = int(prev["lastUpdateId"])
-                want = snap if futures else snap + 1
-                ok = first_id <= want <= last_id
-            elif futures:
-                ok = ids["pu"] == prev["u"]
-            else:
-                ok = first_id == int(prev["u"]) + 1
-        elif venue == krakenfutures.VENUE:
-            ok = int(ids["seq"]) == int(prev["seq"]) + 1
-        else:
+        if venue not in binance.VENUES and venue != krakenfutures.VENUE:
             return
-        self.update_ids.add(ok, lambda: f"{where}: ids {dict(ids)} after {prev}")
+        prev = log.ids
+        ok = ids_continue(venue, prev, ids, after_snapshot=log.after_snapshot)
+        if ok is not None:
+            self.update_ids.add(ok, lambda: f"{where}: ids {dict(ids)} after {prev}")
 
     def _trade_update(self, event: TradeUpdate) -> None:
         name, seq = event.channel, event.seq
