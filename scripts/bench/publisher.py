@@ -122,9 +122,12 @@ def update_body(channel: bytes, seq: int, ts: int, data: bytes) -> bytes:
 
 
 @dataclass(slots=True)
-class ReplyCounter(asyncio.Protocol):
-    """Counts RESP replies (simple strings, errors, integers, bulk strings; no arrays)."""
+class _Counter(asyncio.Protocol):
+    """Counts the replies on a pipelined connection; ``waiter`` wakes at ``want`` replies.
 
+    Subclasses parse one protocol in ``_consume`` and return how many bytes they used."""
+
+    what: str = "connection"
     replies: int = 0
     errors: list[bytes] = field(default_factory=list)
     buf: bytearray = field(default_factory=bytearray)
@@ -132,9 +135,28 @@ class ReplyCounter(asyncio.Protocol):
     want: int = 0
     lost: bool = False
 
-    def data_received(self, data: bytes) -> None:  # type: ignore[override]
-        buf = self.buf
-        buf += data
+    def _consume(self, buf: bytearray) -> int:
+        raise NotImplementedError
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        del self.buf[: self._consume(self.buf)]
+        if self.waiter is not None and self.replies >= self.want and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"{self.what} connection lost"))
+
+
+@dataclass(slots=True)
+class ReplyCounter(_Counter):
+    """Counts RESP replies (simple strings, errors, integers, bulk strings; no arrays)."""
+
+    what: str = "redis"
+
+    def _consume(self, buf: bytearray) -> int:
         pos = 0
         n = len(buf)
         while pos < n:
@@ -153,30 +175,16 @@ class ReplyCounter(asyncio.Protocol):
                     self.errors.append(bytes(buf[pos:end]))
                 pos = end + 2
             self.replies += 1
-        del buf[:pos]
-        if self.waiter is not None and self.replies >= self.want and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:  # type: ignore[override]
-        self.lost = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("redis connection lost"))
+        return pos
 
 
 @dataclass(slots=True)
-class HttpReplyCounter(asyncio.Protocol):
+class HttpReplyCounter(_Counter):
     """Counts HTTP/1.1 responses on a pipelined connection (Content-Length bodies)."""
 
-    replies: int = 0
-    errors: list[bytes] = field(default_factory=list)
-    buf: bytearray = field(default_factory=bytearray)
-    waiter: asyncio.Future[None] | None = None
-    want: int = 0
-    lost: bool = False
+    what: str = "publisher"
 
-    def data_received(self, data: bytes) -> None:  # type: ignore[override]
-        buf = self.buf
-        buf += data
+    def _consume(self, buf: bytearray) -> int:
         pos = 0
         while True:
             head_end = buf.find(b"\r\n\r\n", pos)
@@ -196,14 +204,7 @@ class HttpReplyCounter(asyncio.Protocol):
                 self.errors.append(bytes(buf[pos:stop])[:200])
             self.replies += 1
             pos = stop
-        del buf[:pos]
-        if self.waiter is not None and self.replies >= self.want and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:  # type: ignore[override]
-        self.lost = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("publisher connection lost"))
+        return pos
 
 
 class Publisher:
@@ -231,7 +232,7 @@ class Publisher:
         self.sent = 0  # updates written
         self.rate = 0.0
         self._transport: asyncio.Transport | None = None
-        self._replies: ReplyCounter | HttpReplyCounter | None = None
+        self._replies: _Counter | None = None
         self._sha = b""
         self._next = 0  # round-robin cursor
         self._rate_changed = asyncio.Event()
@@ -242,7 +243,7 @@ class Publisher:
         loop = asyncio.get_running_loop()
         port = self.nchan_port if self.nchan_port is not None else redis_port
         assert port is not None
-        factory = HttpReplyCounter if self.nchan_port is not None else ReplyCounter
+        factory: type[_Counter] = HttpReplyCounter if self.nchan_port is not None else ReplyCounter
         transport, protocol = await loop.create_connection(factory, "127.0.0.1", port)
         self._transport = transport
         self._replies = protocol
