@@ -72,7 +72,9 @@ class Connection:
             self.closed = True
             return False
         transport.write(data)
-        return self._check_backlog(transport)
+        if transport.get_write_buffer_size() <= self.high_water:
+            return True
+        return self._too_slow(transport)
 
     def deliver_many(self, chunks: Iterable[bytes]) -> bool:
         """Several buffers in one write (one syscall where the buffer was empty)."""
@@ -83,11 +85,11 @@ class Connection:
             self.closed = True
             return False
         transport.writelines(chunks)
-        return self._check_backlog(transport)
-
-    def _check_backlog(self, transport: asyncio.Transport) -> bool:
         if transport.get_write_buffer_size() <= self.high_water:
             return True
+        return self._too_slow(transport)
+
+    def _too_slow(self, transport: asyncio.Transport) -> bool:
         buffered = transport.get_write_buffer_size()
         log.warning(
             "slow consumer",
