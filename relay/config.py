@@ -40,6 +40,7 @@ class ServeConfig:
     rate_burst: float = 50.0
     rate_strikes: int = 20
     slow_consumer_bytes: int = 4 * 1024 * 1024
+    slow_consumer_seconds: float = 10.0
     slow_close_timeout: float = 5.0
     ping_interval: float = 20.0
     shutdown_timeout: float = 20.0
@@ -136,6 +137,11 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("rate_burst", float, "client messages allowed in a burst per connection"),
     _knob("rate_strikes", int, "consecutive rate-limited messages before close 1008"),
     _knob("slow_consumer_bytes", int, "unsent bytes to one client before close 4000"),
+    _knob(
+        "slow_consumer_seconds",
+        float,
+        "seconds a client's unsent backlog may stay non-empty before close 4000; 0: off",
+    ),
     _knob("slow_close_timeout", float, "seconds a slow consumer has to take its close frame"),
     _knob("ping_interval", float, "seconds between WebSocket pings; no pong in half: dropped"),
     _knob("shutdown_timeout", float, "seconds for an orderly shutdown on SIGTERM"),

@@ -8,6 +8,7 @@ loop, then closes the source. All of it within ``shutdown_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
@@ -123,6 +124,8 @@ def build_app(
         add_page_routes(app)
     app.cleanup_ctx.append(_ingest_and_source)
     app.cleanup_ctx.append(_loop_monitor)
+    if config.slow_consumer_seconds > 0:
+        app.cleanup_ctx.append(_lag_watch)
     app.on_shutdown.append(_close_clients)
     return app
 
@@ -157,6 +160,27 @@ async def _loop_monitor(app: web.Application) -> AsyncIterator[None]:
     except asyncio.CancelledError:
         if not task.cancelled():
             raise
+
+
+async def _lag_watch(app: web.Application) -> AsyncIterator[None]:
+    """Owns the task that closes connections whose backlog does not drain (4000)."""
+    relay = app[RELAY]
+    limit = relay.config.slow_consumer_seconds
+
+    async def watch() -> None:
+        # Once a second at most: the cost is one C call per backlogged connection.
+        interval = min(1.0, limit / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(relay.connections):
+                conn.check_lag(now, limit)
+
+    task = asyncio.create_task(watch(), name="relay-lag-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _ingest_and_source(app: web.Application) -> AsyncIterator[None]:
