@@ -739,6 +739,7 @@ async def sweep_one(args: argparse.Namespace, name: str) -> dict[str, Any]:
     stop_reason = f"reached --rate-max {args.rate_max:g}"
     try:
         rate = args.rate_start
+        retries = args.retries
         await bench.setup(rate)
         while rate <= args.rate_max:
             assert bench.publisher is not None
@@ -754,6 +755,10 @@ async def sweep_one(args: argparse.Namespace, name: str) -> dict[str, Any]:
             print(_row(step, sweep=True), flush=True)
             if not step["target_alive"]:
                 stop_reason = "target died"
+            elif not step["ok"] and retries > 0 and p99 > args.p99_limit_ms:
+                # One latency spike (a busy machine) must not end the sweep: measure again.
+                retries -= 1
+                continue
             elif not step["ok"]:
                 stop_reason = (
                     f"p99 {p99:.1f} ms > {args.p99_limit_ms:g} ms"
@@ -767,6 +772,7 @@ async def sweep_one(args: argparse.Namespace, name: str) -> dict[str, Any]:
                 )
             else:
                 rate *= args.rate_factor
+                retries = args.retries
                 continue
             break
     finally:
@@ -1104,6 +1110,13 @@ def parser() -> argparse.ArgumentParser:
         help="seconds at the new rate before measuring (default 3)",
     )
     g.add_argument("--p99-limit-ms", type=float, default=50, help="p99 limit (default 50 ms)")
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="windows measured again at the same R when p99 is over the limit, before "
+        "the sweep stops (default 1)",
+    )
     g.add_argument(
         "--min-ratio",
         type=float,
