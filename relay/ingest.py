@@ -68,6 +68,9 @@ class Ingestor:
         # Since when the source has been failing (None while it answers), and how often.
         self._down_since: float | None = None
         self._failed_reads = 0
+        # The last failure of an outage: the warnings are rate-limited, so the recovery
+        # line says how the outage ended (refused, timed out, LOADING, ...).
+        self._last_error = ""
 
     def ready(self) -> bool:
         """Initial state loaded and the source answered recently."""
@@ -101,6 +104,7 @@ class Ingestor:
                 if self._down_since is None:
                     self._down_since = self.clock()
                 self._failed_reads += 1
+                self._last_error = str(exc)
                 delay = self._backoff.next_delay()
                 log.warning(
                     "source unavailable, retrying",
@@ -128,6 +132,7 @@ class Ingestor:
             extra={
                 "down_for": round(self.clock() - self._down_since, 3),
                 "failed_reads": self._failed_reads,
+                "last_error": self._last_error,
             },
         )
         self._down_since = None
@@ -237,8 +242,15 @@ class Ingestor:
         self._rebuilt(name, failed, entries[-1].id if entries else snapshot.id)
 
     async def _sync_trades(self, name: str) -> None:
-        epoch = (await self.source.epochs([name]))[name] or ""
+        known = (await self.source.epochs([name]))[name]
+        epoch = known or ""
         last = await self.source.last_entries(name, max(self.config.trades_snapshot, 1))
+        if known is None and not last:
+            # Neither a stream nor an epoch: the channel is gone for now (a Redis that
+            # restarted empty). An empty history in no epoch would be a guess, sent to
+            # every subscriber; the producer's new epoch is waited for instead.
+            self._rebuilt(name, "no stream and no epoch", "")
+            return
         seq, ts = 0, 0
         trades: list[bytes] = []
         for raw in last:
