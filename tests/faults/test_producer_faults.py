@@ -12,11 +12,11 @@ import contextlib
 import time
 from typing import Any
 
-from faults.harness import Outcome, wait_for
 from support.client import Feed, connect
 from support.producer import RawProducer
 from support.relay import redis_source, running_relay
 
+from faults.harness import Outcome, wait_for
 from relay.core.book import Book
 
 CHANNEL = "book.DUP-USD"

@@ -305,3 +305,65 @@ async def wait_for_loaded(client: aioredis.Redis, timeout: float = 30.0) -> None
         if time.monotonic() > deadline:
             raise AssertionError("redis-server still loading")
         await asyncio.sleep(0.05)
+
+
+async def _synced(master: aioredis.Redis, replica: aioredis.Redis) -> None:
+    """Until ``replica`` is connected to ``master`` and holds everything it wrote."""
+
+    async def offsets() -> tuple[int, int, str]:
+        mine = await master.info("replication")
+        theirs = await replica.info("replication")
+        link = str(theirs.get("master_link_status", ""))
+        return int(mine["master_repl_offset"]), int(theirs.get("slave_repl_offset", -1)), link
+
+    deadline = time.monotonic() + 20
+    while True:
+        wrote, holds, link = await offsets()
+        if link == "up" and wrote == holds:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"replica not in sync: {wrote} vs {holds}, link {link}")
+        await asyncio.sleep(0.02)
+
+
+async def test_failover_readonly_for_the_producer_and_reads_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failover as Sentinel does it (writes paused, replica in sync, promoted): the
+    Redis that the producer and the relay use becomes a replica for 1.5 s, then the
+    master again. The producer gets -READONLY and retries with backoff; the relay only
+    reads, so READONLY never reaches it, but its blocked XREAD is ended by the role
+    change (-UNBLOCKED) and must be retried like any transient error: no rebuild, no
+    snapshot, nothing lost."""
+    server, other = RedisProcess(), RedisProcess()
+    await asyncio.to_thread(other.start)
+    try:
+        async with asyncio.timeout(60), _stack(server, tmp_path) as stack:
+            first = aioredis.Redis.from_url(server.url)
+            second = aioredis.Redis.from_url(other.url)
+            await second.replicaof("127.0.0.1", server.port)
+            await _synced(first, second)
+            before = await stack.relay.metric("relay_redis_errors_total")
+            epoch = stack.producer.sim.epoch
+
+            async def fail_over() -> None:
+                await first.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+                await _synced(first, second)
+                await second.replicaof("NO", "ONE")
+                await first.replicaof("127.0.0.1", other.port)
+                await first.execute_command("CLIENT", "UNPAUSE")
+
+            async def fail_back() -> None:
+                await _synced(second, first)
+                await first.replicaof("NO", "ONE")
+
+            fault = await _outage(stack, fail_over, fail_back, 1.5)
+            outcome = await _finish(stack, fault, "failover: READONLY, UNBLOCKED", before)
+            await first.aclose()
+            await second.aclose()
+            assert any("ReadOnlyError" in str(r.__dict__.get("error")) for r in caplog.records)
+            assert stack.producer.sim.epoch == epoch
+            assert outcome.snapshots == 0
+            assert await stack.relay.metric("relay_ingest_failures_total") == 0
+    finally:
+        await asyncio.to_thread(other.cleanup)
