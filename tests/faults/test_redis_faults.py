@@ -347,11 +347,11 @@ async def test_failover_readonly_for_the_producer_and_reads_go_on(
             epoch = stack.producer.sim.epoch
 
             async def fail_over() -> None:
-                await first.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+                await first.client_pause(5000, all=False)  # writes only, as Sentinel does
                 await _synced(first, second)
                 await second.replicaof("NO", "ONE")
                 await first.replicaof("127.0.0.1", other.port)
-                await first.execute_command("CLIENT", "UNPAUSE")
+                await first.client_unpause()
 
             async def fail_back() -> None:
                 await _synced(second, first)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 from support.client import connect
@@ -19,7 +21,9 @@ SDK_CLIENTS = 5
 STORM = 1000
 
 
-async def test_kill_9_of_a_relay_clients_resume_on_the_other(redis_url: str, tmp_path) -> None:
+async def test_kill_9_of_a_relay_clients_resume_on_the_other(
+    redis_url: str, tmp_path: Path
+) -> None:
     producer = Producer(redis_url, rate=100.0)
     relays = [RelayProcess(redis_url, tmp_path) for _ in range(2)]
     clients: list[Client] = []
@@ -40,7 +44,7 @@ async def test_kill_9_of_a_relay_clients_resume_on_the_other(redis_url: str, tmp
                     rng=random.Random(number),
                 )
                 stamps: list[float] = []
-                client.on(BookUpdate, lambda _event, stamps=stamps: stamps.append(time.monotonic()))
+                client.on(BookUpdate, _stamper(stamps))
                 arrivals.append(stamps)
                 clients.append(client)
                 await client.start()
@@ -89,6 +93,13 @@ async def test_kill_9_of_a_relay_clients_resume_on_the_other(redis_url: str, tmp
             relay.stop()
 
 
+def _stamper(stamps: list[float]) -> Callable[[BookUpdate], None]:
+    def stamp(_event: BookUpdate) -> None:
+        stamps.append(time.monotonic())
+
+    return stamp
+
+
 # Commands the relay sends to Redis; the producer's own (XADD, EVALSHA...) are not counted.
 _RELAY_COMMANDS = ("xread", "xrange", "xrevrange", "hget", "hgetall", "scan", "ping")
 
@@ -108,7 +119,7 @@ async def _resubscribe(port: int, epoch: str, seq: int) -> RawClient:
 
 
 async def test_reconnect_storm_of_1000_clients_does_not_reach_redis(
-    redis_url: str, tmp_path
+    redis_url: str, tmp_path: Path
 ) -> None:
     producer = Producer(redis_url, rate=50.0)
     relay = RelayProcess(redis_url, tmp_path)
