@@ -16,8 +16,9 @@ from support.client import Feed, connect
 from support.producer import RawProducer
 from support.relay import redis_source, running_relay
 
-from faults.harness import Outcome, wait_for
+from faults.harness import Outcome, commandstats, wait_for
 from relay.core.book import Book
+from relay.redisproc import RedisProcess
 
 CHANNEL = "book.DUP-USD"
 
@@ -134,3 +135,30 @@ async def test_repeated_and_skipped_seqs_reach_clients_as_snapshots(redis_url: s
     await raw.close()
     Outcome("producer repeats a seq", 0, 1, repeat_recovery).report()
     Outcome("producer skips seqs", 0, 1, skip_recovery).report()
+
+
+async def test_a_channel_that_cannot_be_rebuilt_is_retried_about_once_a_second() -> None:
+    """A repeated seq with no snapshot after it: the channel cannot be rebuilt until the
+    producer writes one. The relay retries sooner at first (a producer opening a new
+    epoch is caught at once), then about once a second: bounded Redis reads, no spin."""
+    with RedisProcess() as server:
+        raw = RawProducer(server.url)
+        producer = BookProducer(raw)
+        await producer.open()
+        async with asyncio.timeout(30), running_relay(redis_source(server.url)) as relay:
+            await relay.wait_live(CHANNEL)
+            await producer.next()
+            await producer.repeat()
+            await wait_for(lambda: not relay.relay.hub.channels[CHANNEL].live, 10, "a resync")
+            before = (await commandstats(server.url)).get("hgetall", 0)
+            started = time.monotonic()
+            await asyncio.sleep(4.0)  # the window over which the retries are counted
+            tries = (await commandstats(server.url)).get("hgetall", 0) - before
+            seconds = time.monotonic() - started
+            # Delays grow from 0.05 s to between 0.5 and 1 s: about 9 tries in the first
+            # 2 s, then 1 to 2 a second.
+            assert 3 <= tries <= 10 + 2 * seconds, tries
+            assert not relay.relay.hub.channels[CHANNEL].live
+            await producer.next(snapshot=True)
+            await relay.wait_live(CHANNEL, timeout=5)
+        await raw.close()
