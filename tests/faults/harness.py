@@ -168,6 +168,7 @@ class Watched:
 
     feed: Feed
     arrivals: list[float] = field(default_factory=list)
+    snapshots: list[tuple[float, str]] = field(default_factory=list)  # (time, channel)
     error: BaseException | None = None
     task: asyncio.Task[None] | None = None
 
@@ -177,6 +178,8 @@ class Watched:
                 frame = await self.feed.receive(timeout=60)
                 if frame["type"] in {"snapshot", "update"}:
                     self.arrivals.append(time.monotonic())
+                if frame["type"] == "snapshot":
+                    self.snapshots.append((time.monotonic(), frame["channel"]))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

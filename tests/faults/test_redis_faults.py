@@ -239,6 +239,12 @@ async def test_stream_trimmed_past_the_relay_while_it_was_not_reading(tmp_path: 
                 await trimmer.aclose()
             outcome = await _finish(stack, fault, "stream trimmed past the relay", before)
             assert outcome.snapshots >= 1
+            resynced = max(
+                next(t for t, ch in c.snapshots if ch == BOOK and t > fault.ended)
+                for c in stack.clients
+            )
+            took = resynced - fault.ended
+            print(f"fresh book snapshot at every client {took:.2f}s after SIGCONT")
             assert await relay.metric("relay_source_gaps_total") > gaps_before
 
 
