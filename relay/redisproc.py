@@ -8,6 +8,7 @@ killed with SIGKILL, and paused and continued with SIGSTOP/SIGCONT.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -135,7 +136,8 @@ class RedisProcess:
         """SIGTERM: an orderly shutdown (the AOF is flushed, an RDB written if ``save``)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
-            self._proc.send_signal(signal.SIGCONT)  # a paused server must run to exit
+            with contextlib.suppress(ProcessLookupError):  # it may be gone already
+                os.kill(self._proc.pid, signal.SIGCONT)  # a paused server must run to exit
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
