@@ -52,6 +52,7 @@ class ServeConfig:
     log_format: str = "json"
     page: bool = True
     metrics_channel_labels: int = 0
+    test_echo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,12 @@ SERVE_KNOBS: tuple[Knob, ...] = (
         "metrics_channel_labels",
         _non_negative,
         "per-channel metric series for at most N channels (relay_channel_*); 0: none",
+    ),
+    _knob(
+        "test_echo",
+        _bool,
+        "for conformance tests only (docs/conformance.md): also serve /echo, a WebSocket "
+        "echo with /ws's limits; never enable in production",
     ),
 )
 
