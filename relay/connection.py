@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
+from relay.core.auth import ALL_CHANNELS, ChannelAccess
 from relay.core.protocol import CloseCode
 from relay.core.ratelimit import TokenBucket
 from relay.metrics import Metrics
@@ -26,6 +27,7 @@ class Connection:
     __slots__ = (
         "_close_task",
         "_transport",
+        "access",
         "bucket",
         "close_timeout",
         "closed",
@@ -60,6 +62,7 @@ class Connection:
         self.bucket = bucket
         self.strikes = 0
         self.subscriptions: set[str] = set()
+        self.access: ChannelAccess = ALL_CHANNELS  # narrowed by relay.auth.bind
         self.closed = False
         self._close_task: asyncio.Task[None] | None = None
 

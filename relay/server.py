@@ -20,10 +20,10 @@ from aiohttp import WSMsgType, web
 from opentelemetry.trace import TracerProvider
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from relay import telemetry
+from relay import auth, telemetry
 from relay.config import ServeConfig
 from relay.connection import Connection
-from relay.core.protocol import CloseCode, ErrorCode, Reject, parse_request
+from relay.core.protocol import CloseCode, ErrorCode, Reject, Subscribe, parse_request
 from relay.core.ratelimit import TokenBucket
 from relay.hub import Hub
 from relay.ingest import Ingestor
@@ -53,7 +53,21 @@ class Relay:
         request = parse_request(text)
         if not self._within_rate(conn, request.id):
             return
+        if isinstance(request, Subscribe) and not conn.access.allows(request.channel):
+            # Before the channel lookup: a refusal says nothing of which channels exist.
+            message = f"this connection's token does not cover {request.channel}"
+            self.hub.reject(conn, Reject(request.id, ErrorCode.FORBIDDEN, message))
+            return
         self.hub.handle(conn, request)
+
+    def expire(self, conn: Connection) -> None:
+        """The connection's token reached its exp (docs/security.md): close 1008."""
+        if conn.closed:
+            return
+        log.info("token expired, closing", extra={"conn": conn.id, "remote": conn.remote})
+        self.metrics.auth_expiries.inc()
+        self.hub.drop(conn)
+        conn.close_soon(CloseCode.POLICY_VIOLATION, "token expired")
 
     def on_binary(self, conn: Connection) -> None:
         if self._within_rate(conn, None):
@@ -113,7 +127,8 @@ def build_app(
     _watch(relay)
     app = web.Application()
     app[RELAY] = relay
-    app.router.add_get("/ws", websocket)
+    app[auth.AUTH] = auth.Gate.from_config(config, metrics)
+    app.router.add_get("/ws", auth.guard(websocket))  # 400/401/429 before the upgrade
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/channels", channels)
@@ -207,6 +222,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=config.ping_interval,
         max_msg_size=config.max_frame_bytes,
         compress=False,  # frames are pre-built once for everybody, uncompressed
+        protocols=(auth.SUBPROTOCOL,),  # answered only to a client that offers it
     )
     await ws.prepare(request)
     transport = request.transport
@@ -222,6 +238,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         bucket=TokenBucket(config.rate_limit, config.rate_burst, time.monotonic()),
         metrics=relay.metrics,
     )
+    auth.bind(request, conn, relay.expire)  # channels the token allows; close at its exp
     relay.connections.add(conn)
     relay.metrics.connections.inc()
     relay.metrics.connections_accepted.inc()

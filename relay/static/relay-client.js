@@ -54,7 +54,7 @@ export const ResyncReason = Object.freeze({
 });
 
 // Subscribe errors another try on the same connection cannot fix; others are retried.
-const FINAL_SUBSCRIBE_ERRORS = new Set(["invalid_channel", "too_many_subscriptions"]);
+const FINAL_SUBSCRIBE_ERRORS = new Set(["invalid_channel", "too_many_subscriptions", "forbidden"]);
 const CHANNEL_RE = /^([a-z][a-z0-9_]{0,19})\.([A-Za-z0-9_-]{1,40})$/;
 const KINDS = new Set(["book", "trades"]);
 
