@@ -174,7 +174,11 @@ class Gate:
 
     def admit(self, request: web.Request) -> Admission:
         """Who this handshake is, or an HTTP error raised before the upgrade."""
-        token = token_from_request(request, strict=self.enabled)
+        try:
+            token = token_from_request(request, strict=self.enabled)
+        except web.HTTPBadRequest:
+            self._count_refusal(request, RefusalReason.MALFORMED)
+            raise
         if not self.enabled:
             return Admission(ANONYMOUS, ALL_CHANNELS, False, None)  # everyone, everything
         if token is None:
