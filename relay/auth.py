@@ -10,8 +10,8 @@ The checks themselves are pure (relay/core/auth.py). Here:
   ``WWW-Authenticate: Bearer``, 429 over the token's connection limit), raised before the
   WebSocket handshake is answered.
 - ``guard``: wraps the ``/ws`` handler so every admission is released however it ends.
-- ``bind``: a connection's channel access and its expiry timer (``loop.call_at`` at exp:
-  one timer per connection, no polling).
+- ``bind``: a connection's channel access and its expiry timer (one event-loop timer per
+  connection, due at exp: no polling).
 
 No token, and nothing derived from one but a hash prefix, is ever logged.
 """
@@ -35,6 +35,7 @@ from relay.core.auth import (
     ANONYMOUS,
     MIN_SECRET_BYTES,
     ApiKey,
+    ApiKeyFileError,
     ChannelAccess,
     Grant,
     Refusal,
@@ -50,6 +51,7 @@ log = logging.getLogger("relay.auth")
 SUBPROTOCOL = "relay.v1"  # the one subprotocol the relay speaks (and answers with)
 BEARER_PREFIX = "bearer."
 REALM = "relay"
+_MAX_TIMER = 86_400.0  # seconds: a later exp is re-armed after a day
 
 
 class AuthConfigError(ValueError):
@@ -73,9 +75,23 @@ class Admission:
     _timer: asyncio.TimerHandle | None = field(default=None)
     _released: bool = False
 
-    def expire_at(self, loop_time: float, on_expiry: Callable[[Any], None], conn: Bound) -> None:
-        """Call ``on_expiry(conn)`` at ``loop_time`` (the loop's clock) unless released first."""
-        self._timer = asyncio.get_running_loop().call_at(loop_time, on_expiry, conn)
+    def expire_with(
+        self, clock: Callable[[], float], on_expiry: Callable[[Any], None], conn: Bound
+    ) -> None:
+        """Call ``on_expiry(conn)`` once ``clock()`` reaches the grant's ``expires_at``,
+        unless released first. One timer at a time; a far exp is reached in steps of at
+        most ``_MAX_TIMER`` (event-loop timers are not meant for years)."""
+        expires_at = self.grant.expires_at
+        if expires_at is None or self._released:
+            return
+        remaining = expires_at - clock()
+        if remaining <= 0:
+            self._timer = None
+            on_expiry(conn)
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            min(remaining, _MAX_TIMER), self.expire_with, clock, on_expiry, conn
+        )
 
     def release(self) -> None:
         """Idempotent: the timer is cancelled and the token's count given back."""
@@ -142,8 +158,13 @@ class Gate:
         metrics: Metrics,
         read: Callable[[str], str] = lambda path: Path(path).read_text(),
     ) -> Gate:
-        secrets = read_secrets(config, read)
-        api_keys = parse_api_keys(read(config.api_key_file)) if config.api_key_file else None
+        try:
+            secrets = read_secrets(config, read)
+            api_keys = parse_api_keys(read(config.api_key_file)) if config.api_key_file else None
+        except ApiKeyFileError as exc:
+            raise AuthConfigError(f"RELAY_API_KEY_FILE {config.api_key_file}: {exc}") from exc
+        except OSError as exc:
+            raise AuthConfigError(f"cannot read a credentials file: {exc}") from exc
         if config.auth and not secrets and api_keys is None:
             raise AuthConfigError(
                 "RELAY_AUTH is on but neither RELAY_JWT_SECRETS, RELAY_JWT_SECRET_FILE nor "
@@ -316,7 +337,4 @@ def bind(request: web.Request, conn: C, on_expiry: Callable[[C], None]) -> None:
     calls ``on_expiry(conn)`` at that instant (``Admission.release`` cancels it)."""
     admission = request[ADMISSION]
     conn.access = admission.access
-    expires_at = admission.grant.expires_at
-    if expires_at is not None:
-        delay = max(expires_at - request.app[AUTH].clock(), 0.0)
-        admission.expire_at(asyncio.get_running_loop().time() + delay, on_expiry, conn)
+    admission.expire_with(request.app[AUTH].clock, on_expiry, conn)

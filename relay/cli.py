@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import uvloop
 
 from relay import __version__, logs, mint, watch
+from relay.auth import AuthConfigError
 from relay.config import LOG_KNOBS, PREFIX_KNOB, REDIS_KNOB, SERVE_KNOBS, add_knobs, serve_config
 from relay.demo import SimOptions, run_demo
 from relay.producer import Simulator, redis_publisher
@@ -122,7 +123,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         serve_argv = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(serve_argv, args.workers, args.shutdown_timeout).run()
     if args.command == "serve":
-        uvloop.run(_serve(args))
+        try:
+            uvloop.run(_serve(args))
+        except AuthConfigError as exc:  # never carries a secret (relay/auth.py)
+            print(f"relay serve: {exc}", file=sys.stderr)
+            return 2
     elif args.command == "replay":
         return int(uvloop.run(replay_cli.run(args)))
     elif args.command == "watch":
