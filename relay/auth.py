@@ -335,6 +335,10 @@ C = TypeVar("C", bound=Bound)
 def bind(request: web.Request, conn: C, on_expiry: Callable[[C], None]) -> None:
     """Give a new connection its channel access and, for a token with an exp, a timer that
     calls ``on_expiry(conn)`` at that instant (``Admission.release`` cancels it)."""
-    admission = request[ADMISSION]
+    admission = request.get(ADMISSION)
+    if admission is None:  # a route that is not behind guard(): fail closed when auth is on
+        if request.app[AUTH].enabled:
+            raise RuntimeError(f"{request.path} serves WebSockets without relay.auth.guard")
+        admission = Admission(ANONYMOUS, ALL_CHANNELS, False, None)
     conn.access = admission.access
     admission.expire_with(request.app[AUTH].clock, on_expiry, conn)
