@@ -136,6 +136,7 @@ class Gate:
         api_keys: dict[str, ApiKey] | None,
         public: ChannelAccess,
         leeway: float,
+        audience: str | None = None,
         default_max_conns: int,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
@@ -146,6 +147,7 @@ class Gate:
         self._api_keys = api_keys
         self.public = public
         self.leeway = leeway
+        self.audience = audience
         self.default_max_conns = default_max_conns
         self.metrics = metrics
         self.clock = clock
@@ -179,6 +181,7 @@ class Gate:
             api_keys=api_keys,
             public=ChannelAccess(config.public_channels),
             leeway=config.auth_leeway,
+            audience=config.jwt_audience or None,
             default_max_conns=config.auth_max_conns,
             metrics=metrics,
         )
@@ -213,6 +216,7 @@ class Gate:
             api_keys=self._api_keys,
             now=self.clock(),
             leeway=self.leeway,
+            audience=self.audience,
         )
         if isinstance(outcome, Refusal):
             self._refuse(request, outcome)

@@ -58,6 +58,7 @@ class ServeConfig:
     jwt_secrets: str = field(default="", repr=False)
     jwt_secret_file: str = ""
     jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str = ""
     auth_leeway: float = 10.0
     api_key_file: str = ""
     public_channels: tuple[str, ...] = ()
@@ -184,6 +185,7 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     ),
     _knob("jwt_secret_file", str, "file of JWT secrets, one a line (a Kubernetes Secret)"),
     _knob("jwt_algorithms", _algorithms, "accepted JWT algorithms: HS256, HS384, HS512"),
+    _knob("jwt_audience", str, "if set, a JWT's aud claim must name it (e.g. the relay's URL)"),
     _knob("auth_leeway", float, "seconds of clock skew allowed on a token's exp and nbf"),
     _knob("api_key_file", str, "JSON file of API keys by SHA-256 (docs/security.md)"),
     _knob(

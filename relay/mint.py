@@ -64,6 +64,7 @@ def add_parsers(commands: Any, env: Mapping[str, str]) -> None:
     token.add_argument("--secret", default=None, help=argparse.SUPPRESS)
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until exp (3600)")
     token.add_argument("--alg", choices=sorted(HMAC_ALGORITHMS), default="HS256")
+    token.add_argument("--aud", default=env.get("RELAY_JWT_AUDIENCE") or None, help="the aud claim")
     _grant_options(token)
     token.set_defaults(env_secrets=env.get("RELAY_JWT_SECRETS", ""))
 
@@ -109,6 +110,8 @@ def _claims(args: argparse.Namespace, now: float) -> dict[str, Any]:
 def run_token(args: argparse.Namespace) -> int:
     now = time.time()
     claims = {"iat": int(now), **_claims(args, now)}
+    if args.aud:
+        claims["aud"] = args.aud
     print(mint_jwt(_secret(args), claims, args.alg))
     return 0
 

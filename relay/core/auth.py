@@ -64,6 +64,7 @@ class RefusalReason(StrEnum):
     MALFORMED = "malformed"  # not a JWT or key, bad base64/JSON, claims of the wrong type
     ALGORITHM = "algorithm"  # a JWT whose alg is not configured (``none`` included)
     BAD_SIGNATURE = "bad_signature"  # signed with no configured secret
+    AUDIENCE = "audience"  # RELAY_JWT_AUDIENCE is set and the token's aud does not name it
     EXPIRED = "expired"  # exp (plus leeway) has passed
     NOT_YET_VALID = "not_yet_valid"  # nbf (minus leeway) is in the future
     UNKNOWN_KEY = "unknown_key"  # an API key not in the key file
@@ -245,6 +246,13 @@ def _instant(name: str, value: object) -> float | None:
     raise _BadClaim(f"{name} is not a number of seconds")
 
 
+def _names(aud: object, audience: str) -> bool:
+    """``aud`` is one string or a list of them (RFC 7519 4.1.3)."""
+    if isinstance(aud, str):
+        return aud == audience
+    return isinstance(aud, list) and audience in [a for a in aud if isinstance(a, str)]
+
+
 _MALFORMED = Refusal(RefusalReason.MALFORMED, "the token is malformed")
 
 
@@ -262,11 +270,13 @@ def verify_jwt(
     *,
     now: float,
     leeway: float,
+    audience: str | None = None,
 ) -> Grant | Refusal:
     """Verify an HMAC-signed JWT and read its claims (docs/security.md, "Token format").
 
     Claims: ``exp`` (required), ``nbf``, ``sub``, ``channels`` (patterns; absent: none
-    beyond the public channels), ``max_conns``. Others (``iat``, ``jti``, ...) are ignored.
+    beyond the public channels), ``max_conns``; ``aud`` must name ``audience`` when one is
+    configured (RFC 7519 4.1.3). Others (``iat``, ``jti``, ...) are ignored.
     """
     if not secrets:
         return Refusal(RefusalReason.UNSUPPORTED, "this relay accepts no JWT")
@@ -299,6 +309,8 @@ def verify_jwt(
     claims = _json_object(parts[1])
     if claims is None:
         return _MALFORMED
+    if audience is not None and not _names(claims.get("aud"), audience):
+        return Refusal(RefusalReason.AUDIENCE, "the token is not meant for this relay")
     return _grant_from_claims(Method.JWT, token, claims, now=now, leeway=leeway, exp_required=True)
 
 
@@ -421,8 +433,9 @@ def verify_token(
     api_keys: Mapping[str, ApiKey] | None,
     now: float,
     leeway: float,
+    audience: str | None = None,
 ) -> Grant | Refusal:
     """A JWT (two dots) or an API key (anything else)."""
     if is_jwt(token):
-        return verify_jwt(token, secrets, algorithms, now=now, leeway=leeway)
+        return verify_jwt(token, secrets, algorithms, now=now, leeway=leeway, audience=audience)
     return check_api_key(token, api_keys, now=now, leeway=leeway)

@@ -64,6 +64,15 @@ def test_relay_token_prints_a_jwt_the_relay_accepts(
     assert grant.max_conns == 4
     assert grant.expires_at is not None
     assert 100 < grant.expires_at - time.time() <= 120
+    env = {"RELAY_JWT_SECRETS": SECRET, "RELAY_JWT_AUDIENCE": "wss://md.example.com"}
+    assert main(["token"], env=env) == 0
+    token = capsys.readouterr().out.strip()
+    hs256 = frozenset({"HS256"})
+    audience = "wss://md.example.com"
+    assert isinstance(
+        verify_jwt(token, [SECRET.encode()], hs256, now=time.time(), leeway=0, audience=audience),
+        Grant,
+    )
     with pytest.raises(SystemExit, match="shorter than 32 bytes"):
         main(["token"], env={"RELAY_JWT_SECRETS": "short"})
     with pytest.raises(SystemExit, match="no secret"):

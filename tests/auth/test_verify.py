@@ -354,3 +354,29 @@ def test_verify_token_reads_two_dots_as_a_jwt_and_anything_else_as_a_key() -> No
 def test_a_bad_key_file_says_where(text: bytes, message: str) -> None:
     with pytest.raises(ApiKeyFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_api_keys(text)
+
+
+@pytest.mark.parametrize(
+    ("aud", "accepted"),
+    [
+        ("wss://md.example.com", True),
+        (["other-service", "wss://md.example.com"], True),
+        ("other-service", False),
+        ([], False),
+        ([1, None], False),
+        (None, False),
+    ],
+)
+def test_a_configured_audience_must_be_named_by_aud(aud: Any, accepted: bool) -> None:
+    claims: dict[str, Any] = {"exp": NOW + 60}
+    if aud is not None:
+        claims["aud"] = aud
+    token = mint_jwt(SECRET, claims)
+    outcome = verify_jwt(
+        token, (SECRET,), HS256, now=NOW, leeway=0, audience="wss://md.example.com"
+    )
+    if accepted:
+        assert isinstance(outcome, Grant)
+    else:
+        assert refused(outcome) is RefusalReason.AUDIENCE
+    assert isinstance(verify(token), Grant)  # no audience configured: aud is not read
