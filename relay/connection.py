@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
+from relay.core.auth import ALL_CHANNELS, ChannelAccess
 from relay.core.protocol import CloseCode
 from relay.core.ratelimit import TokenBucket
 from relay.metrics import Metrics
@@ -29,6 +30,7 @@ class Connection:
     __slots__ = (
         "_close_task",
         "_transport",
+        "access",
         "backlog_since",
         "bucket",
         "close_timeout",
@@ -64,6 +66,7 @@ class Connection:
         self.bucket = bucket
         self.strikes = 0
         self.subscriptions: set[str] = set()
+        self.access: ChannelAccess = ALL_CHANNELS  # narrowed by relay.auth.bind
         self.closed = False
         # monotonic time since which unsent bytes have been waiting; 0.0: none waiting
         self.backlog_since = 0.0
@@ -104,14 +107,18 @@ class Connection:
             self.backlog_since = time.monotonic()
         return True
 
-    def check_lag(self, now: float, lag_limit: float) -> None:
-        """Close with 4000 when the backlog has not been empty for ``lag_limit`` seconds."""
+    def check_lag(self, now: float, lag_limit: float) -> bool:
+        """Close with 4000 when the backlog has not been empty for ``lag_limit`` seconds.
+
+        True when it did: the caller takes the connection out of its channels."""
         if not self.backlog_since or self.closed:
-            return
+            return False
         if self._transport.get_write_buffer_size() == 0:
             self.backlog_since = 0.0
-        elif now - self.backlog_since >= lag_limit:
-            self._too_slow(self._transport, "lag")
+            return False
+        if now - self.backlog_since < lag_limit:
+            return False
+        return not self._too_slow(self._transport, "lag")
 
     def _too_slow(self, transport: asyncio.Transport, rule: str) -> bool:
         log.warning(

@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 from prometheus_client.registry import Collector
 
 from relay import __version__
+from relay.core.auth import RefusalReason
 from relay.core.channel import Kind, ResyncReason
 from relay.core.protocol import CloseCode, ErrorCode
 
@@ -304,6 +305,19 @@ class Metrics:
             registry=registry,
         )
 
+        # -- who may connect (docs/security.md) ----------------------------------------
+        self.auth_refusals = Counter(
+            "relay_auth_refusals",
+            "WebSocket handshakes refused by authentication (401, 429), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.auth_expiries = Counter(
+            "relay_auth_expiries",
+            "Connections closed 1008 because their token expired",
+            registry=registry,
+        )
+
         # -- the source -------------------------------------------------------------------
         self.resyncs = Counter(
             "relay_source_resyncs",
@@ -370,6 +384,8 @@ class Metrics:
             self.resumes.labels(outcome)
         for reason in ResyncReason:
             self.resyncs.labels(reason.value)
+        for refusal in RefusalReason:
+            self.auth_refusals.labels(refusal.value)
         for error in ErrorCode:
             self.client_errors.labels(error.value)
         for code in (CloseCode.GOING_AWAY, CloseCode.POLICY_VIOLATION, CloseCode.SLOW_CONSUMER):

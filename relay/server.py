@@ -22,10 +22,10 @@ from aiohttp import WSMsgType, web
 from opentelemetry.trace import TracerProvider
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from relay import telemetry
+from relay import auth, telemetry
 from relay.config import ServeConfig
 from relay.connection import Connection
-from relay.core.protocol import CloseCode, ErrorCode, Reject, parse_request
+from relay.core.protocol import CloseCode, ErrorCode, Reject, Subscribe, parse_request
 from relay.core.ratelimit import TokenBucket
 from relay.hub import Hub
 from relay.ingest import Ingestor
@@ -55,7 +55,21 @@ class Relay:
         request = parse_request(text)
         if not self._within_rate(conn, request.id):
             return
+        if isinstance(request, Subscribe) and not conn.access.allows(request.channel):
+            # Before the channel lookup: a refusal says nothing of which channels exist.
+            message = f"this connection's token does not cover {request.channel}"
+            self.hub.reject(conn, Reject(request.id, ErrorCode.FORBIDDEN, message))
+            return
         self.hub.handle(conn, request)
+
+    def expire(self, conn: Connection) -> None:
+        """The connection's token reached its exp (docs/security.md): close 1008."""
+        if conn.closed:
+            return
+        log.info("token expired, closing", extra={"conn": conn.id, "remote": conn.remote})
+        self.metrics.auth_expiries.inc()
+        self.hub.drop(conn)
+        conn.close_soon(CloseCode.POLICY_VIOLATION, "token expired")
 
     def on_binary(self, conn: Connection) -> None:
         if self._within_rate(conn, None):
@@ -115,7 +129,8 @@ def build_app(
     _watch(relay)
     app = web.Application()
     app[RELAY] = relay
-    app.router.add_get("/ws", websocket)
+    app[auth.AUTH] = auth.Gate.from_config(config, metrics)
+    app.router.add_get("/ws", auth.guard(websocket))  # 400/401/429 before the upgrade
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/channels", channels)
@@ -124,7 +139,7 @@ def build_app(
         add_page_routes(app)
     if config.test_echo:
         log.warning("serving /echo: a test route for conformance tests only")
-        app.router.add_get("/echo", echo)
+        app.router.add_get("/echo", auth.guard(echo))  # the same gate as /ws
     app.cleanup_ctx.append(_ingest_and_source)
     app.cleanup_ctx.append(_loop_monitor)
     if config.slow_consumer_seconds > 0:
@@ -177,7 +192,8 @@ async def _lag_watch(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for conn in list(relay.connections):
-                conn.check_lag(now, limit)
+                if conn.check_lag(now, limit):
+                    relay.hub.drop(conn)
 
     task = asyncio.create_task(watch(), name="relay-lag-watch")
     yield
@@ -242,6 +258,7 @@ async def accept_websocket(
         # 1009 above RELAY_MAX_FRAME_BYTES" (docs/protocol.md), so the limit itself is allowed.
         max_msg_size=config.max_frame_bytes + 1,
         compress=False,  # frames are pre-built once for everybody, uncompressed
+        protocols=(auth.SUBPROTOCOL,),  # answered only to a client that offers it
     )
     await ws.prepare(request)
     return ws, request.transport
@@ -263,6 +280,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         bucket=TokenBucket(config.rate_limit, config.rate_burst, time.monotonic()),
         metrics=relay.metrics,
     )
+    auth.bind(request, conn, relay.expire)  # channels the token allows; close at its exp
     relay.connections.add(conn)
     relay.metrics.connections.inc()
     relay.metrics.connections_accepted.inc()
