@@ -1,7 +1,8 @@
 """An L2 order book keyed by price, holding the producer's own strings.
 
 Invariants:
-- ``bids`` and ``asks`` map a numeric price to the producer's ``(price, size)`` strings,
+- ``bids`` and ``asks`` map a price key (``price_key``: orders and equals as the number
+  does) to the producer's ``(price, size)`` strings,
   exactly as received (contract rule 2: exchange checksums are computed over those strings).
 - No level has a zero size: a diff with size zero removes the level.
 - ``_bid_keys`` / ``_ask_keys`` are the sorted keys of those maps (ascending); best bid is the
@@ -13,7 +14,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, insort
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 Level = tuple[str, str]
@@ -25,9 +25,22 @@ class BookError(ValueError):
     """A diff or snapshot that is not a well-formed book payload."""
 
 
-# (numeric price, the producer's price string, its size string, whether it removes the
+# The numeric value of a plain decimal, as a key that sorts and compares like the number:
+# (integer part, fraction digits without trailing zeros). Fractions in [0, 1) written
+# without trailing zeros compare digit by digit exactly as their strings do ("45" < "5"
+# as 0.45 < 0.5), and equal numbers get equal keys ("007.50" and "7.5": (7, "5")).
+# A tenth of the cost of a Decimal, to build and to compare.
+PriceKey = tuple[int, str]
+
+# (price key, the producer's price string, its size string, whether it removes the
 # level). A plain tuple: this is built for every level of every update (the hot path).
-ParsedLevel = tuple[Decimal, str, str, bool]
+ParsedLevel = tuple[PriceKey, str, str, bool]
+
+
+def price_key(price: str) -> PriceKey:
+    """The key of a plain decimal string (``[0-9]+(.[0-9]+)?``, checked by the caller)."""
+    head, _, tail = price.partition(".")
+    return (int(head), tail.rstrip("0"))
 
 
 def _parse_level(raw: Any) -> ParsedLevel:
@@ -42,13 +55,14 @@ def _parse_level(raw: Any) -> ParsedLevel:
     head, dot, tail = price.partition(".")
     if not (price.isascii() and head.isdigit() and (not dot or tail.isdigit())):
         raise BookError(f"not a plain decimal number in level {raw!r}")
+    key = (int(head), tail.rstrip("0"))  # price_key, inlined: once per level
     head, dot, tail = size.partition(".")
     if not (size.isascii() and head.isdigit() and (not dot or tail.isdigit())):
         if size.startswith("-") and _DECIMAL.fullmatch(size[1:]):
             raise BookError(f"negative size in level {raw!r}")
         raise BookError(f"not a plain decimal number in level {raw!r}")
     # A plain decimal is zero exactly when it has no digit but 0 (no Decimal needed).
-    return (Decimal(price), price, size, not size.strip("0."))
+    return (key, price, size, not size.strip("0."))
 
 
 def parse_side(payload: dict[str, Any], side: str) -> list[ParsedLevel]:
@@ -64,10 +78,10 @@ class Book:
     __slots__ = ("_ask_keys", "_bid_keys", "asks", "bids")
 
     def __init__(self) -> None:
-        self.bids: dict[Decimal, Level] = {}
-        self.asks: dict[Decimal, Level] = {}
-        self._bid_keys: list[Decimal] = []
-        self._ask_keys: list[Decimal] = []
+        self.bids: dict[PriceKey, Level] = {}
+        self.asks: dict[PriceKey, Level] = {}
+        self._bid_keys: list[PriceKey] = []
+        self._ask_keys: list[PriceKey] = []
 
     @classmethod
     def from_payload(cls, payload: Any) -> Book:
@@ -135,7 +149,7 @@ class Book:
 
 
 def _apply_side(
-    levels: dict[Decimal, Level], keys: list[Decimal], diff: Sequence[ParsedLevel]
+    levels: dict[PriceKey, Level], keys: list[PriceKey], diff: Sequence[ParsedLevel]
 ) -> None:
     for key, price, size, removes in diff:
         if removes:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsdecode import message, text_payload
 
-from relay.core.book import Book
+from relay.core.book import Book, _parse_level, price_key
 from relay.core.channel import Applied, Channel, Kind
 from relay.core.entry import StreamEntry
 
@@ -170,3 +170,21 @@ def test_channel_reset_at_any_seq_then_fed_the_rest_has_the_full_book(
     snapshot = message(channel.snapshot())
     assert snapshot["seq"] == len(steps)
     assert snapshot["data"] == full.to_payload()
+
+
+# Plain decimals as producers write them, leading and trailing zeros included.
+plain_decimals = st.builds(
+    lambda head, tail: head if tail is None else f"{head}.{tail}",
+    st.from_regex(r"[0-9]{1,12}", fullmatch=True),
+    st.none() | st.from_regex(r"[0-9]{1,12}", fullmatch=True),
+)
+
+
+@given(plain_decimals, plain_decimals)
+@settings(max_examples=2000, deadline=None)
+def test_price_keys_order_and_equal_as_the_numbers_do(a: str, b: str) -> None:
+    ka, kb = price_key(a), price_key(b)
+    assert _parse_level([a, "1"])[0] == ka  # the book's own (inlined) key is the same
+    x, y = Decimal(a), Decimal(b)
+    assert (ka < kb, ka == kb, ka > kb) == (x < y, x == y, x > y)
+    assert (hash(ka) == hash(kb)) or x != y
