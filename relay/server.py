@@ -8,6 +8,7 @@ loop, then closes the source. All of it within ``shutdown_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -25,6 +26,8 @@ from relay.config import ServeConfig
 from relay.connection import Connection
 from relay.core.protocol import CloseCode, ErrorCode, Reject, parse_request
 from relay.core.ratelimit import TokenBucket
+from relay.gate import GATE, close_unsubscribed, runner_options
+from relay.gate import install as install_gate
 from relay.hub import Hub
 from relay.ingest import Ingestor
 from relay.metrics import ChannelCollector, ChannelRow, Metrics, close_code_label, watch_loop_lag
@@ -53,15 +56,25 @@ class Relay:
         request = parse_request(text)
         if not self._within_rate(conn, request.id):
             return
-        self.hub.handle(conn, request)
+        if self.hub.handle(conn, request) is not None:
+            self._spend_error(conn)
 
     def on_binary(self, conn: Connection) -> None:
         if self._within_rate(conn, None):
             self.hub.reject(
                 conn, Reject(None, ErrorCode.BINARY_NOT_SUPPORTED, "frames must be JSON text")
             )
+            self._spend_error(conn)
 
-    def _within_rate(self, conn: Connection, request_id: int | str | None) -> bool:
+    def on_ping(self, conn: Connection) -> bool:
+        """A WebSocket ping frame costs a message like any other (docs/limits.md, ping
+        floods); True: answer it with a pong. Over the rate it gets no pong and no error
+        frame, but it is a strike all the same."""
+        return self._within_rate(conn, None, reply=False)
+
+    def _within_rate(
+        self, conn: Connection, request_id: int | str | None, *, reply: bool = True
+    ) -> bool:
         if conn.bucket.take(time.monotonic()):
             conn.strikes = 0
             return True
@@ -70,9 +83,10 @@ class Relay:
             log.warning(
                 "rate limit exceeded, closing", extra={"conn": conn.id, "remote": conn.remote}
             )
+            self.metrics.policy_closes.labels("rate_limit").inc()
             self.hub.drop(conn)
             conn.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-        else:
+        elif reply:
             self.hub.reject(
                 conn,
                 Reject(
@@ -82,6 +96,17 @@ class Relay:
                 ),
             )
         return False
+
+    def _spend_error(self, conn: Connection) -> None:
+        """Each error reply spends from the connection's error budget; a client that keeps
+        sending garbage or unknown channels within the rate limit is closed with 1008 once
+        the budget is gone (RELAY_ERROR_BURST, refilled at RELAY_ERROR_LIMIT/s)."""
+        if conn.closed or conn.errors.take(time.monotonic()):
+            return
+        log.warning("too many errors, closing", extra={"conn": conn.id, "remote": conn.remote})
+        self.metrics.policy_closes.labels("error_limit").inc()
+        self.hub.drop(conn)
+        conn.close_soon(CloseCode.POLICY_VIOLATION, "too many errors")
 
 
 RELAY = web.AppKey("relay", Relay)
@@ -113,6 +138,7 @@ def build_app(
     _watch(relay)
     app = web.Application()
     app[RELAY] = relay
+    install_gate(app, config, metrics)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -200,31 +226,42 @@ def going_away_reason(window: float, rng: random.Random = _RNG) -> str:
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
-    config = relay.config
     if relay.draining:
         raise web.HTTPServiceUnavailable(text="relay shutting down")
+    # Admission (relay.gate, docs/limits.md): origin, connection caps and connect rate are
+    # answered with an HTTP status before the upgrade; the slot is freed when the session ends.
+    with request.app[GATE].admitted(request) as remote:
+        return await _session(request, relay, remote)
+
+
+async def _session(request: web.Request, relay: Relay, remote: str) -> web.StreamResponse:
+    config = relay.config
     ws = web.WebSocketResponse(
         heartbeat=config.ping_interval,
         max_msg_size=config.max_frame_bytes,
         compress=False,  # frames are pre-built once for everybody, uncompressed
+        autoping=False,  # pings go through the rate limit (Relay.on_ping)
     )
     await ws.prepare(request)
     transport = request.transport
     if transport is None:  # the peer left during the handshake
         return ws
+    now = time.monotonic()
     conn = Connection(
         next(relay.ids),
         ws,
         transport,
-        request.remote or "",
+        remote,
         high_water=config.slow_consumer_bytes,
         close_timeout=config.slow_close_timeout,
-        bucket=TokenBucket(config.rate_limit, config.rate_burst, time.monotonic()),
+        bucket=TokenBucket(config.rate_limit, config.rate_burst, now),
+        errors=TokenBucket(config.error_limit, config.error_burst, now),
         metrics=relay.metrics,
     )
     relay.connections.add(conn)
     relay.metrics.connections.inc()
     relay.metrics.connections_accepted.inc()
+    unsubscribed_timer = close_unsubscribed(conn, config.subscribe_timeout)
     log.debug("connected", extra={"conn": conn.id, "remote": conn.remote})
     try:
         async for message in ws:
@@ -234,10 +271,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 relay.on_text(conn, message.data)
             elif message.type is WSMsgType.BINARY:
                 relay.on_binary(conn)
+            elif message.type is WSMsgType.PING:
+                if relay.on_ping(conn):
+                    with contextlib.suppress(ConnectionError):
+                        await ws.pong(message.data)
             elif message.type is WSMsgType.ERROR:
                 log.info("connection error", extra={"conn": conn.id, "error": str(ws.exception())})
                 break
     finally:
+        if unsubscribed_timer is not None:
+            unsubscribed_timer.cancel()
         conn.closed = True
         relay.hub.drop(conn)
         await conn.wait_closed()
@@ -286,7 +329,12 @@ async def channels(request: web.Request) -> web.Response:
 async def serve(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order within the configured timeout."""
     relay = app[RELAY]
-    runner = web.AppRunner(app, shutdown_timeout=relay.config.shutdown_timeout, access_log=None)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=relay.config.shutdown_timeout,
+        access_log=None,
+        **runner_options(relay.config),
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
     await site.start()
