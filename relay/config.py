@@ -200,9 +200,9 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob(
         "max_header_bytes",
         int,
-        "longest HTTP request line and header field, bytes (longer: HTTP 400/431)",
+        "longest HTTP request line and header field, bytes (longer: HTTP 400)",
     ),
-    _knob("max_headers", int, "HTTP request header fields at most (more: HTTP 400/431)"),
+    _knob("max_headers", int, "HTTP request header fields at most (more: HTTP 400)"),
     _knob("slow_consumer_bytes", int, "unsent bytes to one client before close 4000"),
     _knob("slow_close_timeout", float, "seconds a slow consumer has to take its close frame"),
     _knob("ping_interval", float, "seconds between WebSocket pings; no pong in half: dropped"),
