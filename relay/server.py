@@ -276,7 +276,14 @@ async def _session(request: web.Request, relay: Relay, remote: str) -> web.Strea
                     with contextlib.suppress(ConnectionError):
                         await ws.pong(message.data)
             elif message.type is WSMsgType.ERROR:
-                log.info("connection error", extra={"conn": conn.id, "error": str(ws.exception())})
+                # aiohttp's reader refused a frame and closed with its code (1002, 1007, 1009)
+                code = getattr(message.data, "code", None)
+                if isinstance(code, int):
+                    relay.metrics.closes.labels(close_code_label(code)).inc()
+                log.info(
+                    "connection error",
+                    extra={"conn": conn.id, "error": str(ws.exception()), "code": code},
+                )
                 break
     finally:
         if unsubscribed_timer is not None:

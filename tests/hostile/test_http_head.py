@@ -7,7 +7,7 @@ import asyncio
 
 from support.rawws import RawClient, refused_upgrade, upgrade_request
 
-from .harness import stage
+from .harness import poll, stage
 
 APP = "https://app.example.com"
 
@@ -96,4 +96,5 @@ async def test_permessage_deflate_is_declined_and_compressed_frames_refused() ->
             close = await client.read_until_close()
         client.close()
         assert close.close_code == 1002
+        await poll(lambda: s.metric("relay_closes_total", {"code": "1002"}) == 1)
         await s.assert_control_healthy()
