@@ -45,9 +45,11 @@ class ServeConfig:
     handshake_timeout: float = 10.0
     subscribe_timeout: float = 30.0
     max_connections: int = 10000
-    max_connections_per_address: int = 100
-    connect_rate: float = 10.0
-    connect_burst: float = 30.0
+    # Per-address limits are off by default: behind a load balancer every client has the
+    # balancer's address until RELAY_TRUSTED_PROXIES names it (docs/limits.md).
+    max_connections_per_address: int = 0
+    connect_rate: float = 0.0
+    connect_burst: float = 20.0
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_header_bytes: int = 8190

@@ -66,6 +66,9 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 # Close codes counted under their own label; any other code a client sends is "other".
 KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000})
+# RFC 6455 codes aiohttp's frame reader closes with on the relay's behalf: 1002 protocol
+# error (e.g. RSV1 without an extension), 1007 text that is not UTF-8, 1009 over-size.
+READER_CLOSE_CODES = (1002, 1007, 1009)
 # Why the relay closed a connection with 1008 (docs/limits.md).
 POLICY_CLOSE_REASONS = ("rate_limit", "error_limit", "no_subscription")
 
@@ -391,15 +394,10 @@ class Metrics:
             self.policy_closes.labels(close_reason)
         for error in ErrorCode:
             self.client_errors.labels(error.value)
-        for code in (
-            CloseCode.GOING_AWAY,
-            CloseCode.PROTOCOL_ERROR,
-            CloseCode.INVALID_PAYLOAD,
-            CloseCode.POLICY_VIOLATION,
-            CloseCode.MESSAGE_TOO_BIG,
-            CloseCode.SLOW_CONSUMER,
-        ):
+        for code in (CloseCode.GOING_AWAY, CloseCode.POLICY_VIOLATION, CloseCode.SLOW_CONSUMER):
             self.closes.labels(str(int(code)))
+        for reader_code in READER_CLOSE_CODES:
+            self.closes.labels(str(reader_code))
         for label in (*(str(c) for c in sorted(KNOWN_CLOSE_CODES)), "none", "other"):
             self.connections_closed.labels(label)
 

@@ -40,8 +40,6 @@ class CloseCode(IntEnum):
     """Close codes of contract rule 6."""
 
     GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002  # a frame breaking RFC 6455 (aiohttp's reader closes with it)
-    INVALID_PAYLOAD = 1007  # a text message that is not UTF-8 (aiohttp's reader)
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

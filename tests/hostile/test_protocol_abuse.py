@@ -67,8 +67,10 @@ def _random_channel(rng: random.Random) -> str:
 def _relay_memory(snapshot: tracemalloc.Snapshot) -> int:
     """Bytes held by allocations made in the relay's connection-side code: the hub, the
     server, connections, admission and the protocol (not the channels' bounded history)."""
-    watched = ("relay/hub.py", "relay/server.py", "relay/connection.py", "relay/gate.py")
-    watched += ("relay/core/protocol.py", "relay/core/admission.py", "relay/metrics.py")
+    watched = (
+        *("relay/hub.py", "relay/server.py", "relay/connection.py", "relay/gate.py"),
+        *("relay/core/protocol.py", "relay/core/admission.py", "relay/metrics.py"),
+    )
     return sum(
         stat.size
         for stat in snapshot.statistics("filename")
@@ -160,7 +162,7 @@ async def test_resume_with_absurd_positions_gets_a_snapshot_never_an_ok() -> Non
         await poll(lambda: s.control.views[BOOK].seq is not None)
         epoch = s.control.views[BOOK].epoch
         head = s.sim.seqs[BOOK]
-        snapshot_cases = [
+        snapshot_cases: list[object] = [
             {"epoch": epoch, "seq": -1},
             {"epoch": epoch, "seq": -(2**63)},
             {"epoch": epoch, "seq": head + 1_000},  # beyond what the producer wrote
@@ -175,7 +177,7 @@ async def test_resume_with_absurd_positions_gets_a_snapshot_never_an_ok() -> Non
             assert subscribed["resumed"] is False, resume
             assert snapshot["type"] == "snapshot", resume
             assert subscribed["seq"] == snapshot["seq"] <= s.sim.seqs[BOOK]
-        error_cases = [
+        error_cases: list[object] = [
             {"epoch": epoch, "seq": 1.5},
             {"epoch": epoch, "seq": "5"},
             {"epoch": epoch, "seq": True},
