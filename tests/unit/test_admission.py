@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from relay.config import from_env
 from relay.core.admission import (
     Admission,
     Policy,
@@ -139,3 +140,16 @@ def test_rate_buckets_of_quiet_addresses_are_forgotten() -> None:
     assert len(admission.buckets) <= 1
     assert admission.open_total == 2
     assert admission.open == {"192.0.2.1": 2}
+
+
+def test_the_knobs_parse_cidrs_and_origins_and_name_a_bad_cidr() -> None:
+    config = from_env(
+        {
+            "RELAY_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8,127.0.0.1",
+            "RELAY_ALLOWED_ORIGINS": "https://a.example,http://localhost:8080",
+        }
+    )
+    assert config.trusted_proxies == ("10.0.0.0/8", "fd00::/8", "127.0.0.1")
+    assert config.allowed_origins == ("https://a.example", "http://localhost:8080")
+    with pytest.raises(SystemExit):
+        from_env({"RELAY_TRUSTED_PROXIES": "10.0.0.0/33"})
