@@ -81,7 +81,7 @@ async def test_a_ping_flood_is_rate_limited_then_closed_1008() -> None:
         client.close()
         assert frame.close_code == 1008
         assert frame.payload[2:] == b"rate limit exceeded"
-        assert 10 <= pongs <= 12  # the burst (and what refilled meanwhile), not 200
+        assert 10 <= pongs < 30  # the burst (and what refilled meanwhile), not 200
         assert s.metric("relay_policy_closes_total", {"reason": "rate_limit"}) == 1
         await s.assert_control_healthy()
 

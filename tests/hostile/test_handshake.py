@@ -18,25 +18,26 @@ HANDSHAKE = 0.5
 
 
 async def _closed_by_peer(reader: asyncio.StreamReader, timeout: float) -> float:
-    """Seconds until the relay closes the socket (EOF or reset); fails after ``timeout``."""
-    started = time.monotonic()
+    """The monotonic time the relay closed the socket (EOF or reset); fails after
+    ``timeout``."""
     async with asyncio.timeout(timeout):
         try:
             while await reader.read(1024):
                 pass
         except ConnectionError:
             pass
-    return time.monotonic() - started
+    return time.monotonic()
 
 
 async def test_a_silent_connection_is_closed_after_the_handshake_timeout() -> None:
     async with stage(handshake_timeout=HANDSHAKE) as s:
+        opened = time.monotonic()  # before any connect: the relay's timers start later
         sockets = [await open_socket(s.host, s.port) for _ in range(5)]
-        waited = await asyncio.gather(*(_closed_by_peer(r, 10) for r, _ in sockets))
+        closed = await asyncio.gather(*(_closed_by_peer(r, 10) for r, _ in sockets))
         for _, writer in sockets:
             writer.close()
         # the timer, not something else, closed them: never before the timeout
-        assert min(waited) >= HANDSHAKE * 0.8
+        assert min(closed) - opened >= HANDSHAKE - 0.01  # (the loop clock counts in ms)
         await s.assert_control_healthy()
 
 
@@ -83,14 +84,14 @@ async def test_a_head_sent_in_time_is_served_however_slowly_it_came() -> None:
 
 
 async def test_a_websocket_that_never_subscribes_is_closed_1008() -> None:
-    async with stage(subscribe_timeout=0.5) as s:
+    async with stage(subscribe_timeout=1.0) as s:
         idle = await RawClient.connect(s.host, s.port)
         await idle.send_text('{"op": "ping", "id": 1}')  # talking is not subscribing
         async with asyncio.timeout(10):
             close = await idle.read_until_close()
         idle.close()
         assert close.close_code == 1008
-        assert close.payload[2:] == b"no subscription within 0.5 s"
+        assert close.payload[2:] == b"no subscription within 1 s"
         assert s.metric("relay_policy_closes_total", {"reason": "no_subscription"}) == 1
         # the control client subscribed long ago and outlived the timeout
         await poll(lambda: len(s.relay.relay.connections) == 1)
@@ -99,10 +100,10 @@ async def test_a_websocket_that_never_subscribes_is_closed_1008() -> None:
 
 
 async def test_a_subscribed_websocket_is_not_closed_by_the_subscribe_timeout() -> None:
-    async with stage(subscribe_timeout=0.3) as s:
+    async with stage(subscribe_timeout=1.0) as s:
         client = await RawClient.connect(s.host, s.port)
         await client.send_text('{"op": "subscribe", "channel": "book.BTC-USD", "id": 1}')
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.5)
         seen = 0
         async with asyncio.timeout(10):
             while seen < 50:  # updates keep coming: it was not closed
