@@ -1,4 +1,4 @@
-"""The ``relay`` command: serve, simulate, demo."""
+"""The ``relay`` command: serve, simulate, demo, token, apikey, ..."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import uvloop
 
-from relay import __version__, logs, watch
+from relay import __version__, logs, mint, watch
+from relay.auth import AuthConfigError
 from relay.config import LOG_KNOBS, PREFIX_KNOB, REDIS_KNOB, SERVE_KNOBS, add_knobs, serve_config
 from relay.demo import SimOptions, run_demo
 from relay.producer import Simulator, redis_publisher
@@ -70,6 +71,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     replay_cli.add_parser(commands, env)
     watch.add_parser(commands, env)
+    mint.add_parsers(commands, env)
 
     demo = commands.add_parser("demo", help="simulator + relay in one process, Redis optional")
     add_knobs(demo, SERVE_KNOBS, {"RELAY_LOG_FORMAT": "text", **env})
@@ -112,12 +114,20 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = parser(os.environ if env is None else env).parse_args(argv)
+    if args.command == "token":
+        return mint.run_token(args)
+    if args.command == "apikey":
+        return mint.run_apikey(args)
     logs.setup(args.log_level, args.log_format)
     if args.command == "serve" and args.workers > 1:
         serve_argv = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(serve_argv, args.workers, args.shutdown_timeout).run()
     if args.command == "serve":
-        uvloop.run(_serve(args))
+        try:
+            uvloop.run(_serve(args))
+        except AuthConfigError as exc:  # never carries a secret (relay/auth.py)
+            print(f"relay serve: {exc}", file=sys.stderr)
+            return 2
     elif args.command == "replay":
         return int(uvloop.run(replay_cli.run(args)))
     elif args.command == "watch":

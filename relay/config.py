@@ -11,8 +11,10 @@ import argparse
 import dataclasses
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from relay.core.auth import AlgorithmError, parse_algorithms
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -55,6 +57,7 @@ class ServeConfig:
     max_header_bytes: int = 8190
     max_headers: int = 64
     slow_consumer_bytes: int = 4 * 1024 * 1024
+    slow_consumer_seconds: float = 10.0
     slow_close_timeout: float = 5.0
     ping_interval: float = 20.0
     shutdown_timeout: float = 20.0
@@ -66,6 +69,17 @@ class ServeConfig:
     log_format: str = "json"
     page: bool = True
     metrics_channel_labels: int = 0
+    test_echo: bool = False
+    # Who may connect (docs/security.md). Secrets never appear in a repr or a log line.
+    auth: bool = False
+    jwt_secrets: str = field(default="", repr=False)
+    jwt_secret_file: str = ""
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str = ""
+    auth_leeway: float = 10.0
+    api_key_file: str = ""
+    public_channels: tuple[str, ...] = ()
+    auth_max_conns: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +133,15 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    names = _channels(text)
+    try:
+        parse_algorithms(names)
+    except AlgorithmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return names
 
 
 _DEFAULTS = ServeConfig()
@@ -206,6 +229,11 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     ),
     _knob("max_headers", int, "HTTP request header fields at most (more: HTTP 400)"),
     _knob("slow_consumer_bytes", int, "unsent bytes to one client before close 4000"),
+    _knob(
+        "slow_consumer_seconds",
+        float,
+        "seconds a client's unsent backlog may stay non-empty before close 4000; 0: off",
+    ),
     _knob("slow_close_timeout", float, "seconds a slow consumer has to take its close frame"),
     _knob("ping_interval", float, "seconds between WebSocket pings; no pong in half: dropped"),
     _knob("shutdown_timeout", float, "seconds for an orderly shutdown on SIGTERM"),
@@ -223,6 +251,35 @@ SERVE_KNOBS: tuple[Knob, ...] = (
         "metrics_channel_labels",
         _non_negative,
         "per-channel metric series for at most N channels (relay_channel_*); 0: none",
+    ),
+    _knob(
+        "test_echo",
+        _bool,
+        "for conformance tests only (docs/conformance.md): also serve /echo, a WebSocket "
+        "echo with /ws's limits; never enable in production",
+    ),
+    # -- who may connect (docs/security.md) --
+    _knob("auth", _bool, "require a bearer token (JWT or API key) at the handshake (0: off)"),
+    _knob(
+        "jwt_secrets",
+        str,
+        "comma-separated HMAC secrets for JWTs, each >= 32 bytes; the first signs `relay "
+        "token`, all verify (rotation). Prefer RELAY_JWT_SECRET_FILE",
+    ),
+    _knob("jwt_secret_file", str, "file of JWT secrets, one a line (a Kubernetes Secret)"),
+    _knob("jwt_algorithms", _algorithms, "accepted JWT algorithms: HS256, HS384, HS512"),
+    _knob("jwt_audience", str, "if set, a JWT's aud claim must name it (e.g. the relay's URL)"),
+    _knob("auth_leeway", float, "seconds of clock skew allowed on a token's exp and nbf"),
+    _knob("api_key_file", str, "JSON file of API keys by SHA-256 (docs/security.md)"),
+    _knob(
+        "public_channels",
+        _channels,
+        "comma-separated channel patterns anonymous clients may read when auth is on",
+    ),
+    _knob(
+        "auth_max_conns",
+        _non_negative,
+        "open connections per token unless its max_conns says otherwise; 0: no limit",
     ),
 )
 

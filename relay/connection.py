@@ -5,16 +5,20 @@ NOTES.md): frames are complete WebSocket frames built once for everybody, and ai
 frames (pings, close) interleave only at frame boundaries. A write never waits: when the
 transport's buffer passes the high-water mark the connection is marked slow, stops
 receiving, and is closed with 4000 by a task the connection's handler owns and awaits.
+A connection whose backlog has not been empty for ``lag_limit`` seconds is closed the same
+way (``check_lag``, called about once a second): it is falling behind, however slowly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from aiohttp import web
 
+from relay.core.auth import ALL_CHANNELS, ChannelAccess
 from relay.core.protocol import CloseCode
 from relay.core.ratelimit import TokenBucket
 from relay.metrics import Metrics
@@ -26,6 +30,8 @@ class Connection:
     __slots__ = (
         "_close_task",
         "_transport",
+        "access",
+        "backlog_since",
         "bucket",
         "close_timeout",
         "closed",
@@ -63,7 +69,10 @@ class Connection:
         self.errors = errors  # error replies: the error budget (docs/limits.md)
         self.strikes = 0
         self.subscriptions: set[str] = set()
+        self.access: ChannelAccess = ALL_CHANNELS  # narrowed by relay.auth.bind
         self.closed = False
+        # monotonic time since which unsent bytes have been waiting; 0.0: none waiting
+        self.backlog_since = 0.0
         self._close_task: asyncio.Task[None] | None = None
 
     def deliver(self, data: bytes) -> bool:
@@ -75,7 +84,10 @@ class Connection:
             self.closed = True
             return False
         transport.write(data)
-        return self._check_backlog(transport)
+        if transport.get_write_buffer_size() == 0:
+            self.backlog_since = 0.0
+            return True
+        return self._backlogged(transport)
 
     def deliver_many(self, chunks: Iterable[bytes]) -> bool:
         """Several buffers in one write (one syscall where the buffer was empty)."""
@@ -86,18 +98,42 @@ class Connection:
             self.closed = True
             return False
         transport.writelines(chunks)
-        return self._check_backlog(transport)
-
-    def _check_backlog(self, transport: asyncio.Transport) -> bool:
-        if transport.get_write_buffer_size() <= self.high_water:
+        if transport.get_write_buffer_size() == 0:
+            self.backlog_since = 0.0
             return True
-        buffered = transport.get_write_buffer_size()
+        return self._backlogged(transport)
+
+    def _backlogged(self, transport: asyncio.Transport) -> bool:
+        if transport.get_write_buffer_size() > self.high_water:
+            return self._too_slow(transport, "bytes")
+        if not self.backlog_since:
+            self.backlog_since = time.monotonic()
+        return True
+
+    def check_lag(self, now: float, lag_limit: float) -> bool:
+        """Close with 4000 when the backlog has not been empty for ``lag_limit`` seconds.
+
+        True when it did: the caller takes the connection out of its channels."""
+        if not self.backlog_since or self.closed:
+            return False
+        if self._transport.get_write_buffer_size() == 0:
+            self.backlog_since = 0.0
+            return False
+        if now - self.backlog_since < lag_limit:
+            return False
+        return not self._too_slow(self._transport, "lag")
+
+    def _too_slow(self, transport: asyncio.Transport, rule: str) -> bool:
         log.warning(
             "slow consumer",
             extra={
                 "conn": self.id,
                 "remote": self.remote,
-                "buffered": buffered,
+                "rule": rule,
+                "buffered": transport.get_write_buffer_size(),
+                "backlog_seconds": round(time.monotonic() - self.backlog_since, 3)
+                if self.backlog_since
+                else 0.0,
                 "subscriptions": len(self.subscriptions),
             },
         )

@@ -109,6 +109,8 @@ class Hub:
         """Apply one read batch and fan it out. Returns the channels that need a rebuild."""
         resyncs: list[tuple[str, Resync]] = []
         due: dict[Subscriber, list[bytes]] = {}
+        gone: list[Subscriber] = []
+        writes = 0
         metrics = self.metrics
         # Metrics once per channel and batch (latencies: a bulk observation of the
         # channel's producer timestamps), never per subscriber.
@@ -143,26 +145,30 @@ class Hub:
             metrics.frames_delivered.inc(len(frames) * len(subscribers))
             metrics.bytes_delivered.inc(len(chunk) * len(subscribers))
             for subscriber in subscribers:
+                if len(subscriber.subscriptions) == 1:
+                    # Nothing else in this batch can be due to it: write now, skip the merge.
+                    writes += 1
+                    if not subscriber.deliver(chunk):
+                        gone.append(subscriber)
+                    continue
                 pending = due.get(subscriber)
                 if pending is None:
                     due[subscriber] = [chunk]
                 else:
                     pending.append(chunk)
-        gone = [
-            subscriber
-            for subscriber, chunks in due.items()
+        for subscriber, chunks in due.items():
             if not (
                 subscriber.deliver(chunks[0])
                 if len(chunks) == 1
                 else subscriber.deliver_many(chunks)
-            )
-        ]
+            ):
+                gone.append(subscriber)
         if delivered:
             # After the writes: each frame counts once per subscriber it was written to.
             written_us = time.time_ns() // 1000
             for channel_stamps, weight in delivered:
                 metrics.delivery_latency.observe_lags(written_us, channel_stamps, weight)
-            metrics.fanout_writes.inc(len(due))
+            metrics.fanout_writes.inc(writes + len(due))
         metrics.fanout_batch.observe(size)
         for subscriber in gone:
             self.drop(subscriber)

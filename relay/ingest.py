@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ from relay.source.base import Source, SourceUnavailable
 log = logging.getLogger("relay.ingest")
 
 _XRANGE_PAGE = 5000
-_REBUILD_RETRY = 1.0  # seconds
+_REBUILD_RETRY = 1.0  # seconds: the longest wait before another try of a failed rebuild
 
 
 class Ingestor:
@@ -61,13 +62,20 @@ class Ingestor:
         self._backoff = Backoff(config.backoff_base, config.backoff_max)
         self._next_discovery = 0.0
         # A channel whose rebuild failed waits before the next try, so a channel stuck on
-        # a bad entry costs Redis one snapshot read per second, not one per read batch.
+        # a bad entry costs Redis about one snapshot read per second, not one per read
+        # batch. The wait grows from backoff_base to 1 s: a producer that is just opening
+        # a new epoch (a Redis that restarted empty) is caught within a few read blocks.
         self._retry_at: dict[str, float] = {}
+        self._rebuild_failures: dict[str, int] = {}
+        self._rng = random.Random()
         # Why each channel waits for a rebuild (the relay.resync span's reason).
         self._stale_reasons: dict[str, str] = {}
         # Since when the source has been failing (None while it answers), and how often.
         self._down_since: float | None = None
         self._failed_reads = 0
+        # The last failure of an outage: the warnings are rate-limited, so the recovery
+        # line says how the outage ended (refused, timed out, LOADING, ...).
+        self._last_error = ""
 
     def ready(self) -> bool:
         """Initial state loaded and the source answered recently."""
@@ -101,6 +109,7 @@ class Ingestor:
                 if self._down_since is None:
                     self._down_since = self.clock()
                 self._failed_reads += 1
+                self._last_error = str(exc)
                 delay = self._backoff.next_delay()
                 log.warning(
                     "source unavailable, retrying",
@@ -128,6 +137,7 @@ class Ingestor:
             extra={
                 "down_for": round(self.clock() - self._down_since, 3),
                 "failed_reads": self._failed_reads,
+                "last_error": self._last_error,
             },
         )
         self._down_since = None
@@ -237,8 +247,15 @@ class Ingestor:
         self._rebuilt(name, failed, entries[-1].id if entries else snapshot.id)
 
     async def _sync_trades(self, name: str) -> None:
-        epoch = (await self.source.epochs([name]))[name] or ""
+        known = (await self.source.epochs([name]))[name]
+        epoch = known or ""
         last = await self.source.last_entries(name, max(self.config.trades_snapshot, 1))
+        if known is None and not last:
+            # Neither a stream nor an epoch: the channel is gone for now (a Redis that
+            # restarted empty). An empty history in no epoch would be a guess, sent to
+            # every subscriber; the producer's new epoch is waited for instead.
+            self._rebuilt(name, "no stream and no epoch", "")
+            return
         seq, ts = 0, 0
         trades: list[bytes] = []
         for raw in last:
@@ -262,6 +279,7 @@ class Ingestor:
         if failed is None:
             self.positions[name] = position
             self._retry_at.pop(name, None)
+            self._rebuild_failures.pop(name, None)
             self._stale_reasons.pop(name, None)
             channel = self.hub.channels[name]
             telemetry.annotate(
@@ -272,7 +290,10 @@ class Ingestor:
             )
         else:
             telemetry.annotate(**{"relay.resync.outcome": "failed", "relay.error": str(failed)})
-            self._retry_at[name] = self.clock() + _REBUILD_RETRY
+            failures = self._rebuild_failures[name] = self._rebuild_failures.get(name, 0) + 1
+            ceiling = min(_REBUILD_RETRY, self.config.backoff_base * 2.0 ** min(failures - 1, 16))
+            # Half to all of the ceiling: spread out, yet never a burst of immediate tries.
+            self._retry_at[name] = self.clock() + self._rng.uniform(ceiling / 2, ceiling)
             log.warning(
                 "channel rebuild failed, will retry", extra={"channel": name, "error": str(failed)}
             )

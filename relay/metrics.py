@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from relay import __version__
 from relay.core.admission import RefusalReason
+from relay.core.auth import RefusalReason as AuthRefusal
 from relay.core.channel import Kind, ResyncReason
 from relay.core.protocol import CloseCode, ErrorCode
 
@@ -322,6 +323,19 @@ class Metrics:
             registry=registry,
         )
 
+        # -- who may connect (docs/security.md) ----------------------------------------
+        self.auth_refusals = Counter(
+            "relay_auth_refusals",
+            "WebSocket handshakes refused by authentication (401, 429), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.auth_expiries = Counter(
+            "relay_auth_expiries",
+            "Connections closed 1008 because their token expired",
+            registry=registry,
+        )
+
         # -- the source -------------------------------------------------------------------
         self.resyncs = Counter(
             "relay_source_resyncs",
@@ -392,6 +406,8 @@ class Metrics:
             self.connections_refused.labels(refusal.value)
         for close_reason in POLICY_CLOSE_REASONS:
             self.policy_closes.labels(close_reason)
+        for auth_refusal in AuthRefusal:
+            self.auth_refusals.labels(auth_refusal.value)
         for error in ErrorCode:
             self.client_errors.labels(error.value)
         for code in (CloseCode.GOING_AWAY, CloseCode.POLICY_VIOLATION, CloseCode.SLOW_CONSUMER):

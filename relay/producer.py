@@ -23,6 +23,8 @@ import orjson
 import redis.asyncio as aioredis
 from opentelemetry.trace import TracerProvider
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from relay import telemetry
 from relay.backoff import Backoff
@@ -160,7 +162,16 @@ def redis_publisher(url: str, prefix: str = "md:", maxlen: int = 10_000) -> Redi
             url.replace("+cluster", "", 1), socket_connect_timeout=2.0, socket_timeout=5.0
         )
         return RedisPublisher(cluster, prefix, maxlen)  # type: ignore[arg-type]
-    return RedisPublisher(aioredis.Redis.from_url(url), prefix, maxlen)
+    return RedisPublisher(connect_publisher(url), prefix, maxlen)
+
+
+def connect_publisher(url: str) -> aioredis.Redis:
+    """A Redis client for a publisher. redis-py's own retries are off: a command that
+    fails on a connection the server dropped (it restarted, maybe empty) must reach the
+    Simulator, which checks what the store still holds before writing on."""
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
+    )
 
 
 class MemoryPublisher:
@@ -205,6 +216,10 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _new_epoch() -> str:
+    return f"{int(time.time())}-{secrets.token_hex(3)}"
+
+
 class Simulator:
     """Drives ``Market``s at ``rate`` book updates per second per symbol."""
 
@@ -228,9 +243,10 @@ class Simulator:
         self.markets = [
             Market(inst, random.Random(rng.random()), depth) for inst in instruments(symbols)
         ]
-        self.epoch = f"{int(time.time())}-{secrets.token_hex(3)}"
+        self.epoch = _new_epoch()
         self.seqs: dict[str, int] = {}
         self.updates = 0
+        self.epochs_opened = 0  # new epochs after start(): the store lost what it held
         self._max_batch = max(1, int(rate))
 
     def channels(self) -> list[str]:
@@ -274,14 +290,41 @@ class Simulator:
         seq = self.seqs[channel] = self.seqs[channel] + 1
         return Publication(channel, seq, ts, data)
 
-    async def _unwritten(self, batch: list[Publication]) -> list[Publication]:
+    async def _unwritten(self, batch: list[Publication]) -> list[Publication] | None:
+        """What of ``batch`` the store does not hold yet; None when the store lost entries
+        written before the batch (a Redis restarted without persistence, or that lost its
+        last second of AOF in a crash): those seqs cannot be written again."""
         while True:
             try:
                 written = await self.publisher.last_seqs(sorted({i.channel for i in batch}))
             except SourceUnavailable:
                 await asyncio.sleep(0.5)
                 continue
+            first: dict[str, int] = {}
+            for item in batch:
+                first.setdefault(item.channel, item.seq)
+            if any(written[channel] < seq - 1 for channel, seq in first.items()):
+                return None
             return [item for item in batch if item.seq > written[item.channel]]
+
+    async def _reopen(self, backoff: Backoff) -> None:
+        """Start a new epoch from the markets as they are now (contract: the producer
+        changes the epoch whenever it restarts a channel's numbering)."""
+        old, self.epoch = self.epoch, _new_epoch()
+        self.epochs_opened += 1
+        log.warning("the store lost entries: new epoch", extra={"old": old, "epoch": self.epoch})
+        while True:
+            try:
+                await self.start()
+                backoff.reset()
+                return
+            except SourceUnavailable as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "new epoch failed, retrying",
+                    extra={"error": str(exc), "retry_in": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
 
     async def run(
         self, *, steps: int | None = None, tick: float = 0.01, stop: asyncio.Event | None = None
@@ -292,7 +335,9 @@ class Simulator:
         A failed write is retried with backoff before the market moves on, so a Redis
         outage delays the feed but never makes a seq gap. A pipeline that failed may have
         been partly applied (the connection died after the server ran some commands), so
-        a retry first drops what the streams already hold: no seq is written twice.
+        a retry first drops what the streams already hold: no seq is written twice. A
+        store that lost entries it had acknowledged gets a new epoch (seq 1: the whole
+        book), since those entries cannot be written again.
         """
         backoff = Backoff(0.05, 2.0)
         started = time.monotonic()
@@ -324,5 +369,9 @@ class Simulator:
                             extra={"error": str(exc), "retry_in": round(delay, 3)},
                         )
                         await asyncio.sleep(delay)
-                        batch = await self._unwritten(batch)
+                        unwritten = await self._unwritten(batch)
+                        if unwritten is None:
+                            await self._reopen(backoff)
+                            break
+                        batch = unwritten
             done += due

@@ -1,12 +1,17 @@
 """A private redis-server on a free loopback port, for the demo and the tests.
 
 It keeps nothing on disk unless asked (``--save ''``, no AOF), lives in a temporary
-directory, and is stopped (and waited for) on exit.
+directory, and is stopped (and waited for) on exit. For fault injection it can be
+restarted on the same port and directory (so a persisted dataset is loaded again),
+killed with SIGKILL, and paused and continued with SIGSTOP/SIGCONT.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -47,12 +52,26 @@ def available() -> bool:
 
 
 class RedisProcess:
+    """``appendonly`` with ``appendfsync`` (``everysec``, ``always``, ``no``); ``save`` is
+    redis' save points (``"3600 1"`` writes an RDB on shutdown; ``""``: none); ``args``
+    are more ``--name value`` options (``start`` may change them for the next start)."""
+
     def __init__(
-        self, port: int | None = None, *, appendonly: bool = False, cluster: bool = False
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        save: str = "",
+        cluster: bool = False,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or (free_cluster_port() if cluster else free_port())
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.save = save
         self.cluster = cluster
+        self.args = args
         self._dir = tempfile.TemporaryDirectory(prefix="relay-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -64,7 +83,20 @@ class RedisProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 10.0) -> None:
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("redis-server is not running")
+        return self._proc.pid
+
+    @property
+    def dir(self) -> Path:
+        """The working directory: the RDB and AOF files, and redis.log."""
+        return Path(self._dir.name)
+
+    def start(self, timeout: float = 10.0, *, wait: bool = True) -> None:
+        """Start and wait until it answers PING with PONG (``wait=False``: return once
+        it is spawned; a loading server answers -LOADING meanwhile)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
@@ -72,15 +104,19 @@ class RedisProcess:
             binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            "--save", "",
+            "--save", self.save,
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
             "--dir", self._dir.name,
             "--logfile", str(Path(self._dir.name) / "redis.log"),
         ]  # fmt: skip
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-node-timeout", "2000"]  # fmt: skip
+        args += self.args
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -97,14 +133,37 @@ class RedisProcess:
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
 
     def stop(self) -> None:
+        """SIGTERM: an orderly shutdown (the AOF is flushed, an RDB written if ``save``)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
+            with contextlib.suppress(ProcessLookupError):  # it may be gone already
+                os.kill(self._proc.pid, signal.SIGCONT)  # a paused server must run to exit
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash; only what was already on disk survives."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds its connections but answers nothing."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        os.kill(self.pid, signal.SIGCONT)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """An orderly stop, then a start on the same port and directory."""
+        self.stop()
+        self.start(timeout)
 
     def cleanup(self) -> None:
         self.stop()

@@ -137,6 +137,8 @@ class Client:
 
     ``urls`` is one WebSocket URL or several replicas of the same relay: the client
     connects to the first and moves to the next one each time it has to reconnect.
+    ``token`` (a string, or a function called at each connect) is sent as
+    ``Authorization: Bearer <token>`` to a relay that requires one (docs/security.md).
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class Client:
         max_frame_bytes: int = 64 * 1024 * 1024,
         http: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
+        token: str | Callable[[], str] | None = None,
     ) -> None:
         self.urls: list[str] = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
@@ -186,6 +189,7 @@ class Client:
         self._max_frame_bytes = max_frame_bytes
         self._http = http
         self._own_http = http is None
+        self._token = token
         self._url_index = 0
         self._handlers: list[tuple[type[Event], Callable[[Any], Awaitable[None] | None]]] = []
         self._taps: set[_Tap] = set()
@@ -381,6 +385,7 @@ class Client:
                         heartbeat=self._heartbeat,
                         timeout=aiohttp.ClientWSTimeout(ws_close=self._close_timeout),
                         max_msg_size=self._max_frame_bytes,
+                        headers=self._auth_headers(),
                     )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self._session.stats.connect_failures += 1
@@ -418,6 +423,12 @@ class Client:
                 )
             await self._emit([*lost, Disconnected(url, code, reason, delay)])
             await self._pause(delay)
+
+    def _auth_headers(self) -> dict[str, str] | None:
+        """``Authorization: Bearer`` when a token was given; a callable is asked again at
+        every connect, so a token refreshed after a 1008 ``token expired`` is used."""
+        token = self._token() if callable(self._token) else self._token
+        return {"Authorization": f"Bearer {token}"} if token else None
 
     async def _pause(self, delay: float) -> None:
         """Sleep before the next attempt, on the next URL."""

@@ -49,7 +49,7 @@ DEFAULT_RETRY_MAX = 10.0
 # Subscribe errors that another try on the same connection cannot fix. Others
 # (unknown_channel: a replica that has not discovered the channel yet, or a producer
 # that has not written it yet; rate_limited; anything newer) are retried with backoff.
-_FINAL_SUBSCRIBE_ERRORS = frozenset({"invalid_channel", "too_many_subscriptions"})
+_FINAL_SUBSCRIBE_ERRORS = frozenset({"invalid_channel", "too_many_subscriptions", "forbidden"})
 
 
 def full_jitter(rng: random.Random, base: float, cap: float, attempt: int) -> float:

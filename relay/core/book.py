@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, insort
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -26,12 +25,9 @@ class BookError(ValueError):
     """A diff or snapshot that is not a well-formed book payload."""
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedLevel:
-    key: Decimal
-    price: str
-    size: str
-    removes: bool
+# (numeric price, the producer's price string, its size string, whether it removes the
+# level). A plain tuple: this is built for every level of every update (the hot path).
+ParsedLevel = tuple[Decimal, str, str, bool]
 
 
 def _parse_level(raw: Any) -> ParsedLevel:
@@ -41,13 +37,18 @@ def _parse_level(raw: Any) -> ParsedLevel:
     if not isinstance(price, str) or not isinstance(size, str):
         raise BookError(f"price and size must be decimal strings, got {raw!r}")
     # Decimal() alone would take "1_000", "1e3", "NaN" and non-ASCII digits, which
-    # clients' number parsers reject: only plain ASCII decimals go to the wire.
-    if not _DECIMAL.fullmatch(price) or not _DECIMAL.fullmatch(size):
+    # clients' number parsers reject: only plain ASCII decimals go to the wire. On ASCII
+    # text isdigit() is [0-9]+, and it is three times cheaper than the regex.
+    head, dot, tail = price.partition(".")
+    if not (price.isascii() and head.isdigit() and (not dot or tail.isdigit())):
+        raise BookError(f"not a plain decimal number in level {raw!r}")
+    head, dot, tail = size.partition(".")
+    if not (size.isascii() and head.isdigit() and (not dot or tail.isdigit())):
         if size.startswith("-") and _DECIMAL.fullmatch(size[1:]):
             raise BookError(f"negative size in level {raw!r}")
         raise BookError(f"not a plain decimal number in level {raw!r}")
-    amount = Decimal(size)
-    return ParsedLevel(Decimal(price), price, size, amount == 0)
+    # A plain decimal is zero exactly when it has no digit but 0 (no Decimal needed).
+    return (Decimal(price), price, size, not size.strip("0."))
 
 
 def parse_side(payload: dict[str, Any], side: str) -> list[ParsedLevel]:
@@ -90,12 +91,12 @@ class Book:
     def bid_levels(self, depth: int | None = None) -> list[Level]:
         """Bids best first (descending price)."""
         keys = self._bid_keys if depth is None else self._bid_keys[-depth:] if depth else []
-        return [self.bids[k] for k in reversed(keys)]
+        return list(map(self.bids.__getitem__, reversed(keys)))
 
     def ask_levels(self, depth: int | None = None) -> list[Level]:
         """Asks best first (ascending price)."""
         keys = self._ask_keys if depth is None else self._ask_keys[:depth]
-        return [self.asks[k] for k in keys]
+        return list(map(self.asks.__getitem__, keys))
 
     def best_bid(self) -> Level | None:
         return self.bids[self._bid_keys[-1]] if self._bid_keys else None
@@ -136,11 +137,11 @@ class Book:
 def _apply_side(
     levels: dict[Decimal, Level], keys: list[Decimal], diff: Sequence[ParsedLevel]
 ) -> None:
-    for level in diff:
-        if level.removes:
-            if levels.pop(level.key, None) is not None:
-                del keys[bisect_left(keys, level.key)]
+    for key, price, size, removes in diff:
+        if removes:
+            if levels.pop(key, None) is not None:
+                del keys[bisect_left(keys, key)]
         else:
-            if level.key not in levels:
-                insort(keys, level.key)
-            levels[level.key] = (level.price, level.size)
+            if key not in levels:
+                insort(keys, key)
+            levels[key] = (price, size)

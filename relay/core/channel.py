@@ -56,7 +56,7 @@ class ResyncReason(StrEnum):
     INTERNAL = "internal"  # the relay's own failure
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per update: not frozen, whose __init__ is 3x slower
 class Applied:
     entry: Entry
     frame: bytes

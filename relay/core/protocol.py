@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     RATE_LIMITED = "rate_limited"
+    FORBIDDEN = "forbidden"  # the connection's token does not cover the channel
 
 
 class CloseCode(IntEnum):

@@ -2,7 +2,8 @@
 
 Errors:
 - SourceUnavailable: the source could not be reached or answered with a transient error
-  (connection refused or reset, timeout, LOADING). The caller backs off and retries from
+  (connection refused or reset, timeout, LOADING, a
+  blocked read ended by a failover: UNBLOCKED). The caller backs off and retries from
   the positions it already holds; nothing is lost that the stream still holds.
 """
 

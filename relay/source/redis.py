@@ -50,6 +50,7 @@ _TRANSIENT = (
     RedisClusterException,
     OSError,
 )
+_TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "CLUSTERDOWN", "UNBLOCKED")
 
 
 def connect(url: str, *, read_timeout: float) -> aioredis.Redis:
@@ -76,8 +77,10 @@ async def guard(call: Callable[[], Awaitable[T]]) -> T:
             raise asyncio.CancelledError from exc
         raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
-        if str(exc).startswith(("LOADING", "MASTERDOWN", "CLUSTERDOWN")):
-            raise SourceUnavailable(str(exc)) from exc
+        # UNBLOCKED: a blocked XREAD ended by a role change (a master made a replica in a
+        # failover): the read is simply retried, from the same ids.
+        if str(exc).startswith(_TRANSIENT_REPLIES):
+            raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
         raise
 
 

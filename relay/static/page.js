@@ -80,7 +80,10 @@ const view = {
   perf: { frames: 0, scriptMs: 0, maxMs: 0 }, // frames that drew something, and our time in them
 };
 
-const client = new RelayClient(urls, [], { checksumDepth, tradesKept: TRADES_KEPT, reconnectMax: 5 });
+// A relay with auth on (docs/security.md): open the page as /#token=<token>. The fragment
+// never leaves the browser, so the token is in no request line and no proxy log.
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const client = new RelayClient(urls, [], { checksumDepth, tradesKept: TRADES_KEPT, reconnectMax: 5, token });
 window.relayPage = { client, view }; // for the console (and the end-to-end test)
 
 client.on("connected", () => {

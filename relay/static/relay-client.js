@@ -54,7 +54,7 @@ export const ResyncReason = Object.freeze({
 });
 
 // Subscribe errors another try on the same connection cannot fix; others are retried.
-const FINAL_SUBSCRIBE_ERRORS = new Set(["invalid_channel", "too_many_subscriptions"]);
+const FINAL_SUBSCRIBE_ERRORS = new Set(["invalid_channel", "too_many_subscriptions", "forbidden"]);
 const CHANNEL_RE = /^([a-z][a-z0-9_]{0,19})\.([A-Za-z0-9_-]{1,40})$/;
 const KINDS = new Set(["book", "trades"]);
 
@@ -961,6 +961,7 @@ export class RelayClient {
       requestBurst = DEFAULT_REQUEST_BURST,
       heartbeat = 15,
       connectTimeout = 10,
+      token = null,
       random = Math.random,
       monotonic = defaultMonotonic,
       clockUs = defaultClockUs,
@@ -987,6 +988,7 @@ export class RelayClient {
     this._goingAwayJitter = goingAwayJitter;
     this._heartbeat = heartbeat;
     this._connectTimeout = connectTimeout;
+    this._token = token;
     this._urlIndex = 0;
     this._listeners = new Map();
     this._ws = null;
@@ -1135,7 +1137,10 @@ export class RelayClient {
     this._opened = false;
     let ws;
     try {
-      ws = new this._WebSocket(url);
+      const token = typeof this._token === "function" ? this._token() : this._token;
+      // Browsers cannot set headers: the token rides in a subprotocol, offered with relay.v1,
+      // which is the one the relay answers with (docs/security.md).
+      ws = token ? new this._WebSocket(url, ["relay.v1", `bearer.${token}`]) : new this._WebSocket(url);
     } catch (err) {
       this._failed(url, String((err && err.message) || err));
       return;

@@ -9,7 +9,7 @@ import asyncio
 
 from support.rawws import RawClient, refused_upgrade
 
-from relay.gate import GATE
+from relay.limits import LIMITS
 
 from .harness import Stage, poll, stage
 
@@ -110,7 +110,7 @@ async def test_many_refusals_leave_the_counts_exact() -> None:
         assert set(statuses) == {429}
         clients[0].close()
         await poll(lambda: len(s.relay.relay.connections) == 1)
-        admission = s.relay.app[GATE].admission
+        admission = s.relay.app[LIMITS].admission
         await poll(lambda: admission.open_total == 1)
         assert admission.open == {"127.0.0.1": 1}
         await s.assert_control_healthy()

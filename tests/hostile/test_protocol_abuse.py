@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 from support.client import Feed, connect
 
-from relay.gate import GATE
+from relay.limits import LIMITS
 
 from .harness import BOOK, TRADES, Stage, poll, stage
 
@@ -101,7 +101,7 @@ def _tables(s: Stage) -> dict[str, Any]:
         "subscribers": {name: len(subs) for name, subs in hub._subscribers.items()},
         "waiting": {name: len(w) for name, w in hub._waiting.items()},
         "connections": len(s.relay.relay.connections),
-        "admitted": s.relay.app[GATE].admission.open_total,
+        "admitted": s.relay.app[LIMITS].admission.open_total,
         "subscriptions": s.metric("relay_subscriptions", {"kind": "book"})
         + s.metric("relay_subscriptions", {"kind": "trades"}),
     }

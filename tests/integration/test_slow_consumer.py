@@ -59,3 +59,48 @@ async def test_a_client_that_never_reads_is_closed_4000_and_others_keep_up(redis
         assert frame.close_code == 4000
         stuck.close()
     await publisher.close()
+
+
+async def test_a_client_whose_backlog_never_drains_is_closed_4000_after_the_lag_limit(
+    redis_url: str,
+) -> None:
+    """The byte limit is out of reach here: the time limit alone must find the client."""
+    publisher = RedisPublisher(aioredis.Redis.from_url(redis_url))
+    sim = Simulator(publisher, symbols=1, seed=6, depth=400, snapshot_every=1000)
+    await sim.start()
+    async with running_relay(
+        redis_source(redis_url),
+        slow_consumer_bytes=1 << 30,
+        slow_consumer_seconds=1.0,
+        slow_close_timeout=30.0,
+    ) as relay:
+        await relay.wait_live(CHANNEL)
+        stuck = await RawClient.connect("127.0.0.1", relay.config.port, rcvbuf=4096)
+        await stuck.send_text(f'{{"op":"subscribe","channel":"{CHANNEL}","id":1}}')
+        async with connect(relay.ws_url) as reader:
+            await reader.subscribe(CHANNEL, request_id=1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            step = 0
+            while relay.metric("relay_slow_consumer_closes_total") == 0:
+                step += 1
+                assert step < 2000, "the stuck client was never found slow"
+                await publisher.publish([*sim.step(), _whole_book_update(sim)])
+                view = await reader.until(CHANNEL, sim.seqs[CHANNEL])
+                assert view.gaps == []
+                await asyncio.sleep(0.005)
+            assert loop.time() - started >= 1.0  # not before its backlog was 1 s old
+            assert relay.relay.hub.subscriber_count(CHANNEL) == 1  # the reader only
+            for _ in range(20):
+                await publisher.publish(sim.step())
+            view = await reader.until(CHANNEL, sim.seqs[CHANNEL])
+            assert view.gaps == []
+            assert view.book == Book.from_payload(sim.markets[0].book_payload())
+        async with asyncio.timeout(20):
+            while True:
+                frame = await stuck.read_frame()
+                if frame.opcode == 8:
+                    break
+        assert frame.close_code == 4000
+        stuck.close()
+    await publisher.close()

@@ -13,7 +13,7 @@ from aiohttp import web
 from opentelemetry.trace import TracerProvider
 
 from relay.config import ServeConfig, from_env
-from relay.gate import runner_options
+from relay.limits import runner_options
 from relay.redisproc import free_port
 from relay.server import RELAY, Relay, build_app
 from relay.source.base import Source

@@ -347,6 +347,7 @@ def test_error_codes_are_the_documented_strings() -> None:
         "not_subscribed",
         "too_many_subscriptions",
         "rate_limited",
+        "forbidden",
     }
 
 

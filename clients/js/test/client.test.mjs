@@ -74,6 +74,23 @@ test("connects, subscribes, keeps the book and reports events in order", () => {
   assert.ok(client.connected);
 });
 
+test("a token rides in a bearer subprotocol offered with relay.v1; a function is asked at each connect", () => {
+  const plain = setup();
+  plain.client.start();
+  assert.equal(plain.WebSocket.last.protocols, undefined);
+
+  let minted = 0;
+  const { clock, WebSocket, client } = setup(["book.X"], { token: () => `tok${++minted}` });
+  client.start();
+  assert.deepEqual(WebSocket.last.protocols, ["relay.v1", "bearer.tok1"]);
+  WebSocket.last.open();
+  WebSocket.last.serverClose(1008, "token expired");
+  assert.equal(client.connected, false);
+  clock.advance(1); // the reconnect backoff (reconnectBase 0.25 s), not the connect timeout
+  assert.equal(WebSocket.sockets.length, 2);
+  assert.deepEqual(WebSocket.last.protocols, ["relay.v1", "bearer.tok2"]);
+});
+
 test("a relay shutting down (1001): reconnect at once to the next replica and resume", () => {
   const { clock, WebSocket, client, events } = setup(["book.X"], {
     urls: ["ws://relay-a/ws", "ws://relay-b/ws"],

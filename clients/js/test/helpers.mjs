@@ -41,8 +41,9 @@ export function fakeWebSocket() {
   class FakeSocket {
     static sockets = [];
 
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols;
       this.readyState = 0;
       this.sent = [];
       this.closedWith = null;

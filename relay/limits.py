@@ -6,9 +6,10 @@
   slowloris (headers byte by byte, or nothing at all) is closed after
   ``RELAY_HANDSHAKE_TIMEOUT`` s instead of aiohttp's 75 s default. The header limits make
   the parser answer 400/431 to an oversized head before any handler runs.
-- ``admitted``: the admission decision of ``relay.core.admission`` around one WebSocket
-  session: a refusal is an HTTP answer before the upgrade, never a close of a connection
-  that was accepted; the ticket is released however the session ends.
+- ``guard`` (``Limits.admitted``): the admission decision of ``relay.core.admission``
+  around one WebSocket route's handler: a refusal is an HTTP answer before the upgrade,
+  never a close of a connection that was accepted; the slot is freed however the session
+  ends.
 - ``close_unsubscribed``: the timer that closes a WebSocket that subscribed to nothing.
 """
 
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -37,7 +38,7 @@ from relay.core.admission import (
 from relay.core.protocol import CloseCode
 from relay.metrics import Metrics
 
-log = logging.getLogger("relay.gate")
+log = logging.getLogger("relay.limits")
 
 
 def runner_options(config: ServeConfig) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def runner_options(config: ServeConfig) -> dict[str, Any]:
     }
 
 
-class Gate:
+class Limits:
     """One per app: the admission tables and the proxies whose X-Forwarded-For counts."""
 
     def __init__(self, config: ServeConfig, metrics: Metrics) -> None:
@@ -75,7 +76,8 @@ class Gate:
 
     @contextlib.contextmanager
     def admitted(self, request: web.Request) -> Iterator[str]:
-        """Admit the request or raise the HTTP refusal; yields the client's address."""
+        """Admit the request or raise the HTTP refusal; yields the client's address and
+        frees the slot when the block ends."""
         address = self.client(request)
         decision = self.admission.admit(address, request.headers.get(hdrs.ORIGIN), time.monotonic())
         if isinstance(decision, Refusal):
@@ -120,9 +122,31 @@ def close_unsubscribed(conn: Connection, timeout: float) -> asyncio.TimerHandle 
     return asyncio.get_running_loop().call_later(timeout, check)
 
 
-GATE = web.AppKey("gate", Gate)
+LIMITS = web.AppKey("relay_limits", Limits)
+CLIENT = web.RequestKey("relay_client", str)
 
 
-def install(app: web.Application, config: ServeConfig, metrics: Metrics) -> Gate:
-    gate = app[GATE] = Gate(config, metrics)
-    return gate
+def install(app: web.Application, config: ServeConfig, metrics: Metrics) -> Limits:
+    limits = app[LIMITS] = Limits(config, metrics)
+    return limits
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def guard(handler: Handler) -> Handler:
+    """``handler`` behind the connection limits: admitted first (or 403/429/503), its slot
+    freed when it returns; the client's address is left on the request (``client_of``)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        with request.app[LIMITS].admitted(request) as address:
+            request[CLIENT] = address
+            return await handler(request)
+
+    return guarded
+
+
+def client_of(request: web.Request) -> str:
+    """The client address ``guard`` resolved, or the peer's for a route outside it."""
+    address = request.get(CLIENT)
+    return address if address is not None else request.remote or ""
