@@ -114,3 +114,31 @@ async def test_many_refusals_leave_the_counts_exact() -> None:
         await poll(lambda: admission.open_total == 1)
         assert admission.open == {"127.0.0.1": 1}
         await s.assert_control_healthy()
+
+
+async def test_with_auth_on_the_limits_answer_before_the_token_is_looked_at() -> None:
+    """Origin and connect-rate refusals come first: a client without a token, or guessing
+    tokens, is refused by the limits (and counted there) before any verification."""
+    async with stage(
+        auth=True,
+        jwt_secrets="s" * 32,
+        public_channels=("book.*",),  # the control client reads anonymously
+        allowed_origins=("https://app.example.com",),
+        connect_rate=0.1,
+        connect_burst=2,
+        trusted_proxies=LOOPBACK_IS_A_PROXY,
+    ) as s:
+        evil = await refused_upgrade(s.host, s.port, {"Origin": "https://evil.example.com"})
+        assert evil.status == 403
+        guesses = [
+            await refused_upgrade(
+                s.host,
+                s.port,
+                {"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer guess-{n}"},
+            )
+            for n in range(5)
+        ]
+        assert [answer.status for answer in guesses] == [401, 401, 429, 429, 429]
+        assert s.metric("relay_connections_refused_total", {"reason": "origin"}) == 1
+        assert s.metric("relay_connections_refused_total", {"reason": "connect_rate"}) == 3
+        await s.assert_control_healthy()
