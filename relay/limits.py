@@ -82,7 +82,9 @@ class Limits:
         decision = self.admission.admit(address, request.headers.get(hdrs.ORIGIN), time.monotonic())
         if isinstance(decision, Refusal):
             self.metrics.connections_refused.labels(decision.reason.value).inc()
-            log.info(
+            # a warning: rate-limited per message by relay.logs (a flood of refusals is
+            # one line every few seconds with a count); the metric counts every one
+            log.warning(
                 "connection refused",
                 extra={"remote": address, "reason": decision.reason.value},
             )
@@ -115,7 +117,9 @@ def close_unsubscribed(conn: Connection, timeout: float) -> asyncio.TimerHandle 
     def check() -> None:
         if conn.closed or conn.subscriptions:
             return
-        log.info("no subscription in time, closing", extra={"conn": conn.id, "remote": conn.remote})
+        log.warning(
+            "no subscription in time, closing", extra={"conn": conn.id, "remote": conn.remote}
+        )
         conn.metrics.policy_closes.labels("no_subscription").inc()
         conn.close_soon(CloseCode.POLICY_VIOLATION, f"no subscription within {timeout:g} s")
 
