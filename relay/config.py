@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,20 @@ class ServeConfig:
     rate_limit: float = 20.0
     rate_burst: float = 50.0
     rate_strikes: int = 20
+    error_limit: float = 1.0
+    error_burst: float = 30.0
+    handshake_timeout: float = 10.0
+    subscribe_timeout: float = 30.0
+    max_connections: int = 10000
+    # Per-address limits are off by default: behind a load balancer every client has the
+    # balancer's address until RELAY_TRUSTED_PROXIES names it (docs/limits.md).
+    max_connections_per_address: int = 0
+    connect_rate: float = 0.0
+    connect_burst: float = 20.0
+    trusted_proxies: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_header_bytes: int = 8190
+    max_headers: int = 64
     slow_consumer_bytes: int = 4 * 1024 * 1024
     slow_consumer_seconds: float = 10.0
     slow_close_timeout: float = 5.0
@@ -103,6 +118,16 @@ def _log_format(text: str) -> str:
     return text
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    parts = _channels(text)
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not an address or CIDR: {part!r}") from exc
+    return parts
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -158,6 +183,51 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("rate_limit", float, "client messages per second per connection (sustained)"),
     _knob("rate_burst", float, "client messages allowed in a burst per connection"),
     _knob("rate_strikes", int, "consecutive rate-limited messages before close 1008"),
+    _knob(
+        "error_limit",
+        float,
+        "error replies per second per connection (sustained) before close 1008",
+    ),
+    _knob("error_burst", float, "error replies allowed in a burst per connection"),
+    _knob(
+        "handshake_timeout",
+        float,
+        "seconds to send a complete HTTP request head after connecting (also the HTTP "
+        "keep-alive); the socket is closed after that",
+    ),
+    _knob(
+        "subscribe_timeout",
+        float,
+        "seconds a WebSocket may stay open without a subscription before close 1008; 0: never",
+    ),
+    _knob("max_connections", _non_negative, "open WebSockets at most (HTTP 503 above); 0: no cap"),
+    _knob(
+        "max_connections_per_address",
+        _non_negative,
+        "open WebSockets per client address (IPv6: per /64) at most (HTTP 429); 0: no cap",
+    ),
+    _knob(
+        "connect_rate",
+        float,
+        "WebSocket connection attempts per second per client address (HTTP 429); 0: no limit",
+    ),
+    _knob("connect_burst", float, "connection attempts allowed in a burst per client address"),
+    _knob(
+        "trusted_proxies",
+        _networks,
+        "comma-separated CIDRs of proxies whose X-Forwarded-For is believed; empty: none",
+    ),
+    _knob(
+        "allowed_origins",
+        _channels,
+        "comma-separated origins browsers may connect from (HTTP 403 otherwise); empty: any",
+    ),
+    _knob(
+        "max_header_bytes",
+        int,
+        "longest HTTP request line and header field, bytes (longer: HTTP 400)",
+    ),
+    _knob("max_headers", int, "HTTP request header fields at most (more: HTTP 400)"),
     _knob("slow_consumer_bytes", int, "unsent bytes to one client before close 4000"),
     _knob(
         "slow_consumer_seconds",

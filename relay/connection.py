@@ -35,6 +35,7 @@ class Connection:
         "bucket",
         "close_timeout",
         "closed",
+        "errors",
         "high_water",
         "id",
         "metrics",
@@ -54,6 +55,7 @@ class Connection:
         high_water: int,
         close_timeout: float,
         bucket: TokenBucket,
+        errors: TokenBucket,
         metrics: Metrics,
     ) -> None:
         self.id = conn_id
@@ -63,7 +65,8 @@ class Connection:
         self.high_water = high_water
         self.close_timeout = close_timeout
         self.metrics = metrics
-        self.bucket = bucket
+        self.bucket = bucket  # client messages (and pings): the rate limit
+        self.errors = errors  # error replies: the error budget (docs/limits.md)
         self.strikes = 0
         self.subscriptions: set[str] = set()
         self.access: ChannelAccess = ALL_CHANNELS  # narrowed by relay.auth.bind

@@ -261,21 +261,24 @@ class Hub:
 
     # -- client requests --------------------------------------------------------------
 
-    def handle(self, subscriber: Subscriber, request: Request | Reject) -> None:
+    def handle(self, subscriber: Subscriber, request: Request | Reject) -> Reject | None:
+        """Answer one request; the error it was answered with, if any (the caller keeps
+        the connection's error budget)."""
         if isinstance(request, Subscribe):
-            self.subscribe(subscriber, request)
-        elif isinstance(request, Unsubscribe):
-            self.unsubscribe(subscriber, request)
-        elif isinstance(request, Ping):
+            return self.subscribe(subscriber, request)
+        if isinstance(request, Unsubscribe):
+            return self.unsubscribe(subscriber, request)
+        if isinstance(request, Ping):
             self._reply(subscriber, pong_frame(request.id))
-        else:
-            self.reject(subscriber, request)
+            return None
+        return self.reject(subscriber, request)
 
-    def reject(self, subscriber: Subscriber, reject: Reject) -> None:
+    def reject(self, subscriber: Subscriber, reject: Reject) -> Reject:
         self.metrics.client_errors.labels(reject.code.value).inc()
         self._reply(subscriber, reject.frame())
+        return reject
 
-    def subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
+    def subscribe(self, subscriber: Subscriber, request: Subscribe) -> Reject | None:
         name = request.channel
         if name in subscriber.subscriptions:
             return self.reject(
@@ -333,7 +336,7 @@ class Hub:
         else:
             self.drop(subscriber)
 
-    def unsubscribe(self, subscriber: Subscriber, request: Unsubscribe) -> None:
+    def unsubscribe(self, subscriber: Subscriber, request: Unsubscribe) -> Reject | None:
         name = request.channel
         if name not in subscriber.subscriptions:
             return self.reject(

@@ -35,7 +35,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 from prometheus_client.registry import Collector
 
 from relay import __version__
-from relay.core.auth import RefusalReason
+from relay.core.admission import RefusalReason
+from relay.core.auth import RefusalReason as AuthRefusal
 from relay.core.channel import Kind, ResyncReason
 from relay.core.protocol import CloseCode, ErrorCode
 
@@ -65,7 +66,12 @@ LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 # Close codes counted under their own label; any other code a client sends is "other".
-KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1013, 4000})
+KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000})
+# RFC 6455 codes aiohttp's frame reader closes with on the relay's behalf: 1002 protocol
+# error (e.g. RSV1 without an extension), 1007 text that is not UTF-8, 1009 over-size.
+READER_CLOSE_CODES = (1002, 1007, 1009)
+# Why the relay closed a connection with 1008 (docs/limits.md).
+POLICY_CLOSE_REASONS = ("rate_limit", "error_limit", "no_subscription")
 
 
 def close_code_label(code: int | None) -> str:
@@ -227,6 +233,12 @@ class Metrics:
             ["code"],
             registry=registry,
         )
+        self.connections_refused = Counter(
+            "relay_connections_refused",
+            "WebSocket upgrades refused before the upgrade, by reason (docs/limits.md)",
+            ["reason"],
+            registry=registry,
+        )
         self.subscriptions = Gauge(
             "relay_subscriptions", "Active subscriptions", ["kind"], registry=registry
         )
@@ -296,6 +308,12 @@ class Metrics:
             "relay_closes",
             "Connections closed by the relay, by close code",
             ["code"],
+            registry=registry,
+        )
+        self.policy_closes = Counter(
+            "relay_policy_closes",
+            "Connections closed 1008 by the relay, by reason (docs/limits.md)",
+            ["reason"],
             registry=registry,
         )
         self.client_errors = Counter(
@@ -385,11 +403,17 @@ class Metrics:
         for reason in ResyncReason:
             self.resyncs.labels(reason.value)
         for refusal in RefusalReason:
-            self.auth_refusals.labels(refusal.value)
+            self.connections_refused.labels(refusal.value)
+        for close_reason in POLICY_CLOSE_REASONS:
+            self.policy_closes.labels(close_reason)
+        for auth_refusal in AuthRefusal:
+            self.auth_refusals.labels(auth_refusal.value)
         for error in ErrorCode:
             self.client_errors.labels(error.value)
         for code in (CloseCode.GOING_AWAY, CloseCode.POLICY_VIOLATION, CloseCode.SLOW_CONSUMER):
             self.closes.labels(str(int(code)))
+        for reader_code in READER_CLOSE_CODES:
+            self.closes.labels(str(reader_code))
         for label in (*(str(c) for c in sorted(KNOWN_CLOSE_CODES)), "none", "other"):
             self.connections_closed.labels(label)
 

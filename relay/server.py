@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from opentelemetry.trace import TracerProvider
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from relay import auth, telemetry
+from relay import auth, limits, telemetry
 from relay.config import ServeConfig
 from relay.connection import Connection
 from relay.core.protocol import CloseCode, ErrorCode, Reject, Subscribe, parse_request
@@ -59,8 +59,10 @@ class Relay:
             # Before the channel lookup: a refusal says nothing of which channels exist.
             message = f"this connection's token does not cover {request.channel}"
             self.hub.reject(conn, Reject(request.id, ErrorCode.FORBIDDEN, message))
+            self._spend_error(conn)
             return
-        self.hub.handle(conn, request)
+        if self.hub.handle(conn, request) is not None:
+            self._spend_error(conn)
 
     def expire(self, conn: Connection) -> None:
         """The connection's token reached its exp (docs/security.md): close 1008."""
@@ -76,8 +78,17 @@ class Relay:
             self.hub.reject(
                 conn, Reject(None, ErrorCode.BINARY_NOT_SUPPORTED, "frames must be JSON text")
             )
+            self._spend_error(conn)
 
-    def _within_rate(self, conn: Connection, request_id: int | str | None) -> bool:
+    def on_ping(self, conn: Connection) -> bool:
+        """A WebSocket ping frame costs a message like any other (docs/limits.md, ping
+        floods); True: answer it with a pong. Over the rate it gets no pong and no error
+        frame, but it is a strike all the same."""
+        return self._within_rate(conn, None, reply=False)
+
+    def _within_rate(
+        self, conn: Connection, request_id: int | str | None, *, reply: bool = True
+    ) -> bool:
         if conn.bucket.take(time.monotonic()):
             conn.strikes = 0
             return True
@@ -86,9 +97,10 @@ class Relay:
             log.warning(
                 "rate limit exceeded, closing", extra={"conn": conn.id, "remote": conn.remote}
             )
+            self.metrics.policy_closes.labels("rate_limit").inc()
             self.hub.drop(conn)
             conn.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-        else:
+        elif reply:
             self.hub.reject(
                 conn,
                 Reject(
@@ -98,6 +110,17 @@ class Relay:
                 ),
             )
         return False
+
+    def _spend_error(self, conn: Connection) -> None:
+        """Each error reply spends from the connection's error budget; a client that keeps
+        sending garbage or unknown channels within the rate limit is closed with 1008 once
+        the budget is gone (RELAY_ERROR_BURST, refilled at RELAY_ERROR_LIMIT/s)."""
+        if conn.closed or conn.errors.take(time.monotonic()):
+            return
+        log.warning("too many errors, closing", extra={"conn": conn.id, "remote": conn.remote})
+        self.metrics.policy_closes.labels("error_limit").inc()
+        self.hub.drop(conn)
+        conn.close_soon(CloseCode.POLICY_VIOLATION, "too many errors")
 
 
 RELAY = web.AppKey("relay", Relay)
@@ -130,7 +153,10 @@ def build_app(
     app = web.Application()
     app[RELAY] = relay
     app[auth.AUTH] = auth.Gate.from_config(config, metrics)
-    app.router.add_get("/ws", auth.guard(websocket))  # 400/401/429 before the upgrade
+    limits.install(app, config, metrics)
+    # Before the upgrade: connection limits (403/429/503, docs/limits.md), then the token
+    # (400/401/429, docs/security.md); the cheap refusals come first.
+    app.router.add_get("/ws", limits.guard(auth.guard(websocket)))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/channels", channels)
@@ -139,7 +165,7 @@ def build_app(
         add_page_routes(app)
     if config.test_echo:
         log.warning("serving /echo: a test route for conformance tests only")
-        app.router.add_get("/echo", auth.guard(echo))  # the same gate as /ws
+        app.router.add_get("/echo", limits.guard(auth.guard(echo)))  # the same gates as /ws
     app.cleanup_ctx.append(_ingest_and_source)
     app.cleanup_ctx.append(_loop_monitor)
     if config.slow_consumer_seconds > 0:
@@ -259,6 +285,7 @@ async def accept_websocket(
         max_msg_size=config.max_frame_bytes + 1,
         compress=False,  # frames are pre-built once for everybody, uncompressed
         protocols=(auth.SUBPROTOCOL,),  # answered only to a client that offers it
+        autoping=False,  # the route answers pings: /ws through its rate limit (on_ping)
     )
     await ws.prepare(request)
     return ws, request.transport
@@ -270,20 +297,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws, transport = await accept_websocket(request)
     if transport is None:
         return ws
+    now = time.monotonic()
     conn = Connection(
         next(relay.ids),
         ws,
         transport,
-        request.remote or "",
+        limits.client_of(request),  # the address limits count (X-Forwarded-For if trusted)
         high_water=config.slow_consumer_bytes,
         close_timeout=config.slow_close_timeout,
-        bucket=TokenBucket(config.rate_limit, config.rate_burst, time.monotonic()),
+        bucket=TokenBucket(config.rate_limit, config.rate_burst, now),
+        errors=TokenBucket(config.error_limit, config.error_burst, now),
         metrics=relay.metrics,
     )
     auth.bind(request, conn, relay.expire)  # channels the token allows; close at its exp
     relay.connections.add(conn)
     relay.metrics.connections.inc()
     relay.metrics.connections_accepted.inc()
+    unsubscribed = limits.close_unsubscribed(conn, config.subscribe_timeout)
     log.debug("connected", extra={"conn": conn.id, "remote": conn.remote})
     try:
         async for message in ws:
@@ -293,10 +323,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 relay.on_text(conn, message.data)
             elif message.type is WSMsgType.BINARY:
                 relay.on_binary(conn)
+            elif message.type is WSMsgType.PING:
+                if relay.on_ping(conn):
+                    with contextlib.suppress(ConnectionError):
+                        await ws.pong(message.data)
             elif message.type is WSMsgType.ERROR:
-                log.info("connection error", extra={"conn": conn.id, "error": str(ws.exception())})
+                # aiohttp's reader refused a frame and closed with its code (1002, 1007, 1009)
+                code = getattr(message.data, "code", None)
+                if isinstance(code, int):
+                    relay.metrics.closes.labels(close_code_label(code)).inc()
+                log.info(
+                    "connection error",
+                    extra={"conn": conn.id, "error": str(ws.exception()), "code": code},
+                )
                 break
     finally:
+        if unsubscribed is not None:
+            unsubscribed.cancel()
         conn.closed = True
         relay.hub.drop(conn)
         await conn.wait_closed()
@@ -319,6 +362,8 @@ async def echo(request: web.Request) -> web.StreamResponse:
             await ws.send_str(message.data)
         elif message.type is WSMsgType.BINARY:
             await ws.send_bytes(message.data)
+        elif message.type is WSMsgType.PING:  # no rate limit here: Autobahn's ping cases
+            await ws.pong(message.data)
     return ws
 
 
@@ -357,7 +402,12 @@ async def channels(request: web.Request) -> web.Response:
 async def serve(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order within the configured timeout."""
     relay = app[RELAY]
-    runner = web.AppRunner(app, shutdown_timeout=relay.config.shutdown_timeout, access_log=None)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=relay.config.shutdown_timeout,
+        access_log=None,
+        **limits.runner_options(relay.config),
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
     await site.start()

@@ -1,4 +1,5 @@
-"""A token bucket for inbound client messages; time is passed in, so it is pure."""
+"""A token bucket for inbound client messages and connection attempts; time is passed in,
+so it is pure."""
 
 from __future__ import annotations
 
@@ -21,3 +22,18 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def _at(self, now: float) -> float:
+        return min(self._burst, self._tokens + max(now - self._updated, 0.0) * self._rate)
+
+    def wait(self, now: float) -> float:
+        """Seconds until ``take`` would succeed (0.0: it would now; inf: rate 0, empty)."""
+        missing = 1.0 - self._at(now)
+        if missing <= 0.0:
+            return 0.0
+        return missing / self._rate if self._rate > 0 else float("inf")
+
+    def full(self, now: float) -> bool:
+        """True once the bucket has refilled: it then remembers nothing a fresh one would
+        not, so a table of buckets may forget it."""
+        return self._at(now) >= self._burst

@@ -149,7 +149,15 @@ def start_target(
     out = log.open("wb")
     # The relay listens on loopback only, through its environment knob (no CLI flag beyond
     # --port and --redis is relied on; an unknown RELAY_* variable is simply ignored).
-    env = {**os.environ, "RELAY_HOST": "127.0.0.1"}
+    # Every load client connects from 127.0.0.1: the per-address connection limits
+    # (docs/limits.md) are off, and the global cap is left to the benchmark's own size.
+    env = {
+        **os.environ,
+        "RELAY_HOST": "127.0.0.1",
+        "RELAY_MAX_CONNECTIONS": "0",
+        "RELAY_MAX_CONNECTIONS_PER_ADDRESS": "0",
+        "RELAY_CONNECT_RATE": "0",
+    }
     proc = subprocess.Popen(
         cmd,
         stdout=out,

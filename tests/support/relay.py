@@ -13,6 +13,7 @@ from aiohttp import web
 from opentelemetry.trace import TracerProvider
 
 from relay.config import ServeConfig, from_env
+from relay.limits import runner_options
 from relay.redisproc import free_port
 from relay.server import RELAY, Relay, build_app
 from relay.source.base import Source
@@ -63,7 +64,7 @@ async def running_relay(
     says, which in tests is off."""
     config = from_env({}, **{"host": "127.0.0.1", "port": free_port(), **FAST, **overrides})
     app = build_app(config, source, tracer_provider=tracer_provider)
-    runner = web.AppRunner(app, shutdown_timeout=5.0)
+    runner = web.AppRunner(app, shutdown_timeout=5.0, **runner_options(config))
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
     try:

@@ -11,6 +11,7 @@ import json, sys
 import relay.core
 import relay.core.book, relay.core.channel, relay.core.entry
 import relay.core.frames, relay.core.protocol, relay.core.ratelimit, relay.core.auth
+import relay.core.admission
 import relay.backoff, relay.market
 print(json.dumps(sorted(sys.modules)))
 """

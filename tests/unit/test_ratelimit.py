@@ -46,3 +46,20 @@ def test_a_sender_over_the_rate_gets_the_rate_through() -> None:
     # 8 messages a second for 10 s (t = 0 .. 9.875): the burst of 4, then 2 per second.
     allowed = sum(bucket.take(i * 0.125) for i in range(80))
     assert allowed == 4 + int(9.875 * 2)
+
+
+def test_wait_says_when_the_next_token_comes() -> None:
+    bucket = TokenBucket(rate=4.0, burst=1.0, now=0.0)
+    assert bucket.wait(0.0) == 0.0
+    assert bucket.take(0.0) is True
+    assert bucket.wait(0.0) == 0.25
+    assert bucket.wait(0.125) == 0.125
+    assert bucket.wait(0.25) == 0.0
+
+
+def test_a_bucket_is_full_again_after_burst_over_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=4.0, now=0.0)
+    assert bucket.full(0.0) is True
+    assert takes(bucket, 0.0, 4) == [True] * 4
+    assert bucket.full(1.9) is False
+    assert bucket.full(2.0) is True
