@@ -109,7 +109,9 @@ def test_the_text_format_is_one_readable_line() -> None:
 
 def test_setup_installs_one_handler_with_the_level_and_the_limit() -> None:
     root = logging.getLogger()
+    access = logging.getLogger("aiohttp.access")
     saved = root.handlers[:], root.level
+    saved_access = access.level
     try:
         logs.setup("warning", "json")
         (handler,) = root.handlers
@@ -123,3 +125,4 @@ def test_setup_installs_one_handler_with_the_level_and_the_limit() -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+        access.setLevel(saved_access)  # setup() sets it; later tests read the access log
