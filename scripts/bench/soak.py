@@ -91,7 +91,15 @@ class RelayProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
-                env={**os.environ, "RELAY_HOST": "127.0.0.1"},
+                # Every client comes from 127.0.0.1: no connection cap or rate gets in the
+                # way (as in run.py; an unknown RELAY_* variable is simply ignored).
+                env={
+                    **os.environ,
+                    "RELAY_HOST": "127.0.0.1",
+                    "RELAY_MAX_CONNECTIONS": "0",
+                    "RELAY_MAX_CONNECTIONS_PER_ADDRESS": "0",
+                    "RELAY_CONNECT_RATE": "0",
+                },
                 preexec_fn=pinned(None),  # type: ignore[arg-type]
             )
 
