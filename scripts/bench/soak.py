@@ -10,9 +10,9 @@ load client, loadclient.c) that check every seq. Then, cycle after cycle until
 - churn: ``--churn-rate`` clients/s connect, subscribe to 1-3 channels, check their
   snapshot and updates, and leave: a third close cleanly (1000), a third drop the socket
   (abrupt), a third vanish right after sending their subscribes;
-- slow readers: ``--slow`` clients subscribe to every channel and stop reading (4 KiB
-  receive buffer); once the relay has flagged them all, they read again and must find a
-  close frame with code 4000 at the end of their backlog;
+- slow readers: ``--slow`` clients resume every channel from far back in the history and
+  stop reading (4 KiB receive buffer); once the relay has flagged them all, they read
+  again and must find a close frame with code 4000 at the end of their backlog;
 - a subscribe storm: ``--storm`` clients connect and subscribe within one second, all
   must get their snapshot and an update, then leave (half clean, half abrupt);
 - a quiet point: the episodic clients are gone, only the steady population is connected;
@@ -28,7 +28,7 @@ storm client served. A table is printed, JSON written (``--out``) and, when matp
 installed, a chart of RSS, fds, tasks and connections over time (``--chart``).
 
     .venv/bin/python scripts/bench/soak.py                       # 20 minutes
-    .venv/bin/python scripts/bench/soak.py --duration 120 --out /tmp/soak.json
+    .venv/bin/python scripts/bench/soak.py --duration 120 --cycle 20 --out /tmp/soak.json
 
 Needs only the relay's own dependencies, redis-server and a C compiler (tests/soak runs a
 2-minute version in CI). Exit status: 0 flat and clean, 1 a check failed, 130 interrupted.
