@@ -386,6 +386,12 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=registry,
         )
+        # Read at scrape time (relay.server): a count that only grows means a task leak.
+        self.loop_tasks = Gauge(
+            "relay_event_loop_tasks",
+            "Tasks of the event loop not yet done (one per connection, plus a few fixed ones)",
+            registry=registry,
+        )
 
         self._zeros()
 
@@ -424,6 +430,15 @@ class Metrics:
             names.add(family.name)
             names.update(sample.name for sample in family.samples)
         return names
+
+
+def loop_task_count() -> float:
+    """Tasks of the running event loop not yet done; 0 when no loop runs (a scrape runs
+    on the loop: prometheus_client's aiohttp handler calls the collectors inline)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 async def watch_loop_lag(histogram: Histogram, interval: float = 0.25) -> None:

@@ -29,7 +29,14 @@ from relay.core.protocol import CloseCode, ErrorCode, Reject, Subscribe, parse_r
 from relay.core.ratelimit import TokenBucket
 from relay.hub import Hub
 from relay.ingest import Ingestor
-from relay.metrics import ChannelCollector, ChannelRow, Metrics, close_code_label, watch_loop_lag
+from relay.metrics import (
+    ChannelCollector,
+    ChannelRow,
+    Metrics,
+    close_code_label,
+    loop_task_count,
+    watch_loop_lag,
+)
 from relay.source.base import Source
 from relay.web import add_page_routes
 
@@ -180,6 +187,7 @@ def _watch(relay: Relay) -> None:
     metrics.ready.set_function(lambda: float(not relay.draining and ingestor.ready()))
     metrics.source_up.set_function(lambda: float(ingestor.source_up()))
     metrics.source_contact_age.set_function(ingestor.contact_age)
+    metrics.loop_tasks.set_function(loop_task_count)
     if relay.config.metrics_channel_labels > 0:
         hub = relay.hub
 

@@ -1,6 +1,8 @@
 """Shared helpers of the fanout bench: ports, a private redis-server, process-tree accounting.
 
 Nothing here imports the relay: the bench measures it from the outside, as a client would.
+psutil (and numpy) are imported where used: the soak (soak.py) runs in CI, where the
+bench's extra requirements are not installed, and needs none of them.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 # The contract's key layout (PROTOCOL.md): stream, snapshot hash and meta hash of a channel.
 PREFIX = "md:"
@@ -149,6 +153,8 @@ class TreeSample:
 
 
 def tree(pid: int) -> list[psutil.Process]:
+    import psutil
+
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -158,6 +164,8 @@ def tree(pid: int) -> list[psutil.Process]:
 
 def sample_tree(pid: int) -> TreeSample:
     """CPU seconds (user+sys, from /proc) and RSS of a process and all its descendants."""
+    import psutil
+
     cpu = 0.0
     rss = 0
     for proc in tree(pid):
@@ -209,6 +217,8 @@ def machine() -> dict[str, str]:
     """What the results were measured on."""
     import platform
 
+    import psutil
+
     model = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -223,3 +233,18 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def build_loadclient(source: Path, binary: Path) -> Path:
+    """Compile the C load client (cc -O2) into ``binary`` unless it is newer than ``source``."""
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        binary.parent.mkdir(exist_ok=True)
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise RuntimeError(f"no C compiler (cc or gcc) to build {source.name}")
+        # Into a temporary name first: two benches starting together never run a half-written
+        # binary.
+        partial = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(partial), str(source)], check=True)
+        partial.replace(binary)
+    return binary

@@ -57,6 +57,7 @@ REQUIRED = [
     "relay_ingest_lag_seconds_bucket",
     "relay_delivery_latency_seconds_bucket",
     "relay_event_loop_lag_seconds_bucket",
+    "relay_event_loop_tasks",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
 ]
@@ -141,6 +142,24 @@ async def test_a_live_relay_exposes_every_metric_and_they_agree() -> None:
         assert 0 <= m("relay_source_last_contact_age_seconds") < 5
         assert m("relay_build_info", {"version": "0.1.0", "python": _python()}) == 1
         assert m("process_resident_memory_bytes") > 0
+
+
+async def test_event_loop_tasks_count_one_per_connection_and_come_back() -> None:
+    store, _ = await _fed_relay()
+    async with relay_with(MemorySource(store)) as relay:
+        await relay.wait_live("book.BTC-USD")
+        # The scrape runs on the loop, so the count includes the test's own tasks: compare
+        # against a baseline taken the same way.
+        base = relay.metric("relay_event_loop_tasks")
+        assert base >= 2  # at least the ingest loop and the loop monitor
+        async with connect(relay.ws_url) as a, connect(relay.ws_url) as b:
+            await a.subscribe("book.BTC-USD", 1)
+            await b.subscribe("book.BTC-USD", 1)
+            assert (await a.reply())["type"] == "subscribed"
+            assert (await b.reply())["type"] == "subscribed"
+            await _poll(lambda: relay.metric("relay_event_loop_tasks") >= base + 2)
+        await _poll(lambda: relay.metric("relay_connections") == 0)
+        await _poll(lambda: relay.metric("relay_event_loop_tasks") == base)
 
 
 def _python() -> str:
