@@ -27,6 +27,7 @@ class ServeConfig:
     port: int = 8080
     workers: int = 1
     reuse_port: bool = False
+    listen_backlog: int = 4096
     redis_url: str = DEFAULT_REDIS_URL
     key_prefix: str = "md:"
     channels: tuple[str, ...] = ()
@@ -168,6 +169,12 @@ SERVE_KNOBS: tuple[Knob, ...] = (
     _knob("port", int, "port to listen on"),
     _knob("workers", int, "relay processes sharing the port (SO_REUSEPORT), supervised"),
     _knob("reuse_port", _bool, "listen with SO_REUSEPORT (set for each of several workers)"),
+    _knob(
+        "listen_backlog",
+        int,
+        "connections the kernel queues before they are accepted (capped by "
+        "net.core.somaxconn); too few and a reconnect storm waits out SYN retries",
+    ),
     REDIS_KNOB,
     PREFIX_KNOB,
     _knob("channels", _channels, "fixed comma-separated channel list; empty = discover"),

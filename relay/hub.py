@@ -80,6 +80,8 @@ class Hub:
         # dicts used as ordered sets: iteration order is join order, and removal is O(1)
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
         self._waiting: dict[str, list[_Waiting]] = {}
+        # Labelled children looked up once: labels() takes a lock and builds a key.
+        self._ingested = {kind: metrics.entries_ingested.labels(kind.value) for kind in Kind}
 
     # -- channels ---------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class Hub:
                     break
             if not frames:
                 continue
-            metrics.entries_ingested.labels(channel.kind.value).inc(len(frames))
+            self._ingested[channel.kind].inc(len(frames))
             metrics.ingest_lag.observe_lags(now_us, stamps)
             subscribers = self._subscribers[name]
             if not subscribers:

@@ -207,8 +207,13 @@ class Ingestor:
         self.metrics.channels.labels("stale").set(len(self.hub.channels) - live)
 
     async def sync_stale(self) -> None:
+        # Once per read: a list of the stale channels (usually none) before any await.
+        stale = [name for name, channel in self.hub.channels.items() if not channel.live]
+        if not stale:
+            return
         now = self.clock()
-        for name, channel in list(self.hub.channels.items()):
+        for name in stale:
+            channel = self.hub.channels[name]
             if channel.live or self._retry_at.get(name, 0.0) > now:
                 continue
             reason = self._stale_reasons.get(name, "cold_start")

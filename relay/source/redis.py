@@ -88,12 +88,29 @@ def entries_of(raw: Sequence[Any]) -> list[StreamEntry]:
     return [StreamEntry(entry_id.decode(), fields) for entry_id, fields in raw]
 
 
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
+def entries_of_reply(raw: Sequence[Any]) -> list[StreamEntry]:
+    """Entries of a raw XREAD reply: ``[id, [field, value, ...]]`` each."""
+    return [
+        StreamEntry(entry_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+        for entry_id, flat in raw
+    ]
+
+
 class RedisSource:
     def __init__(self, client: aioredis.Redis, prefix: str = "md:") -> None:
         # redis-py's stubs type replies as unions of every RESP shape; with RESP2 and
         # decode_responses=False the shapes are known, so replies are taken as Any.
         self.client: Any = client
         self.prefix = prefix
+        # XREAD's reply taken as RESP gives it, parsed by entries_of_reply: redis-py's own
+        # callback builds each entry's field dict in Python, once per entry read.
+        client.set_response_callback("XREAD", _raw_reply)
+        self._keys: dict[str, str] = {}  # channel -> stream key
+        self._channels: dict[bytes, str | None] = {}  # stream key -> channel
 
     async def discover(self) -> list[str]:
         async def scan() -> list[str]:
@@ -139,15 +156,25 @@ class RedisSource:
     async def read(
         self, positions: Mapping[str, str], block_ms: int, count: int
     ) -> list[tuple[str, list[StreamEntry]]]:
-        streams = {stream_key(self.prefix, ch): last for ch, last in positions.items()}
+        keys = self._keys
+        streams = {}
+        for ch, last in positions.items():
+            key = keys.get(ch)
+            if key is None:
+                key = keys[ch] = stream_key(self.prefix, ch)
+            streams[key] = last
         raw = await guard(lambda: self.client.xread(streams, count=count, block=block_ms))
         if not raw:
             return []
         result = []
+        channels = self._channels
         for key, entries in raw:
-            channel = channel_of_key(self.prefix, key.decode())
+            if key in channels:
+                channel = channels[key]
+            else:
+                channel = channels[key] = channel_of_key(self.prefix, key.decode())
             if channel is not None:
-                result.append((channel, entries_of(entries)))
+                result.append((channel, entries_of_reply(entries)))
         return result
 
     async def ping(self) -> None:
