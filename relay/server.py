@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import itertools
 import logging
 import random
@@ -245,7 +246,16 @@ async def _ingest_and_source(app: web.Application) -> AsyncIterator[None]:
     # Bounded: a reader stuck in a library call must not hold the shutdown hostage.
     done, _ = await asyncio.wait({task}, timeout=_INGEST_STOP_TIMEOUT)
     if not done:
-        log.error("ingest did not stop in time", extra={"timeout": _INGEST_STOP_TIMEOUT})
+        stack = io.StringIO()
+        task.print_stack(file=stack)  # where it hangs: the one clue for a rare stall
+        log.error(
+            "ingest did not stop in time",
+            extra={
+                "timeout": _INGEST_STOP_TIMEOUT,
+                "cancelling": task.cancelling(),
+                "stack": stack.getvalue(),
+            },
+        )
     elif not task.cancelled() and task.exception() is not None:
         log.error("ingest ended with an error", exc_info=task.exception())
     await relay.source.close()
