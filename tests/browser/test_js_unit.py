@@ -78,8 +78,11 @@ function finish(code) {
   console.log(JSON.stringify(out));
   process.exit(code);
 }
+// The trades channel exists from its first trade on (the client retries unknown_channel):
+// wait for its snapshot too, within the 20 s bound, rather than race it.
 client.on("bookUpdate", () => {
-  if (client.counters("book.BTC-USD").updates >= want) finish(0);
+  const trades = client.counters("trades.BTC-USD");
+  if (client.counters("book.BTC-USD").updates >= want && trades.snapshots >= 1) finish(0);
 });
 client.start();
 """
