@@ -98,7 +98,13 @@ class Ingestor:
             await self._run()
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancellation that something below swallowed (seen once in ~12
+                # shutdowns, inside redis-py's blocking XREAD): stop at the next turn
+                # instead of reading on and holding the shutdown for its 5 s bound.
+                raise asyncio.CancelledError
             try:
                 await self.step()
                 self._backoff.reset()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import io
 import itertools
 import logging
 import random
@@ -18,6 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from opentelemetry.trace import TracerProvider
@@ -246,19 +246,30 @@ async def _ingest_and_source(app: web.Application) -> AsyncIterator[None]:
     # Bounded: a reader stuck in a library call must not hold the shutdown hostage.
     done, _ = await asyncio.wait({task}, timeout=_INGEST_STOP_TIMEOUT)
     if not done:
-        stack = io.StringIO()
-        task.print_stack(file=stack)  # where it hangs: the one clue for a rare stall
         log.error(
             "ingest did not stop in time",
             extra={
                 "timeout": _INGEST_STOP_TIMEOUT,
                 "cancelling": task.cancelling(),
-                "stack": stack.getvalue(),
+                "awaiting": awaiting(task),  # where it hangs: the one clue for a rare stall
             },
         )
     elif not task.cancelled() and task.exception() is not None:
         log.error("ingest ended with an error", exc_info=task.exception())
     await relay.source.close()
+
+
+def awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The chain of awaits a suspended task is in, outermost first (``Task.get_stack``
+    gives only the outermost frame of a coroutine)."""
+    chain: list[str] = []
+    current: Any = task.get_coro()
+    while current is not None:
+        frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        current = getattr(current, "cr_await", None) or getattr(current, "gi_yieldfrom", None)
+    return chain
 
 
 async def _close_clients(app: web.Application) -> None:
