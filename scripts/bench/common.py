@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,7 +76,7 @@ def parse_cpus(text: str) -> set[int]:
     return cpus
 
 
-def pinned(cpus: set[int] | None) -> object:
+def pinned(cpus: set[int] | None) -> Callable[[], None]:
     """A ``preexec_fn`` that pins the child to ``cpus`` (None: inherit)."""
 
     def pin() -> None:
@@ -136,7 +136,7 @@ class RedisServer:
             args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=pinned(self.cpus),  # type: ignore[arg-type]
+            preexec_fn=pinned(self.cpus),
         )
         wait_port(self.port, 10.0, self.proc)
 

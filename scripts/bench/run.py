@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -39,11 +38,13 @@ import numpy as np
 import uvloop
 from common import (
     RedisServer,
+    build_loadclient,
     cpu_jiffies,
     machine,
     parse_cpus,
     peak_rss,
     percentiles,
+    pinned,
     sample_tree,
     stop_process,
     wait_port,
@@ -57,19 +58,6 @@ PCTS = (50, 90, 99, 99.9)
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def _child_setup(cpus: set[int] | None) -> Any:
-    """preexec_fn: pin, own process group, and die with the bench (PR_SET_PDEATHSIG)."""
-
-    def setup() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        os.setpgrp()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-    return setup
 
 
 @dataclass
@@ -164,7 +152,7 @@ def start_target(
         stderr=subprocess.STDOUT,
         cwd=REPO,
         env=env,
-        preexec_fn=_child_setup(cpus),
+        preexec_fn=pinned(cpus),
     )
     out.close()
     target = Target(name, port, proc, log, workdir)
@@ -286,15 +274,10 @@ def plan_connections(
 
 def build_c_client() -> Path:
     """Compile loadclient.c once (cc -O2) into scripts/bench/.build/; rebuilt when changed."""
-    source = HERE / "loadclient.c"
-    binary = HERE / ".build" / "loadclient"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        binary.parent.mkdir(exist_ok=True)
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            raise RuntimeError("no C compiler for the C load client: use --client picows")
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
-    return binary
+    try:
+        return build_loadclient(HERE / "loadclient.c", HERE / ".build" / "loadclient")
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: use --client picows") from exc
 
 
 async def start_load(
@@ -345,7 +328,7 @@ async def start_load(
             *cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            preexec_fn=_child_setup(None),
+            preexec_fn=pinned(None),
             limit=2**24,
         )
         procs.append(LoadProc(proc, latency_file, sum(slow[i] for i in mine)))
@@ -467,7 +450,7 @@ def start_py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen[byt
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_child_setup(None),
+        preexec_fn=pinned(None),
     )
 
 

@@ -100,7 +100,7 @@ class RelayProcess:
                     "RELAY_MAX_CONNECTIONS_PER_ADDRESS": "0",
                     "RELAY_CONNECT_RATE": "0",
                 },
-                preexec_fn=pinned(None),  # type: ignore[arg-type]
+                preexec_fn=pinned(None),
             )
 
     async def wait_ready(self, session: aiohttp.ClientSession, channels: list[str]) -> None:
