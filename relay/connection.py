@@ -84,10 +84,11 @@ class Connection:
             self.closed = True
             return False
         transport.write(data)
-        if transport.get_write_buffer_size() == 0:
+        buffered = transport.get_write_buffer_size()
+        if buffered == 0:
             self.backlog_since = 0.0
             return True
-        return self._backlogged(transport)
+        return self._backlogged(transport, buffered)
 
     def deliver_many(self, chunks: Iterable[bytes]) -> bool:
         """Several buffers in one write (one syscall where the buffer was empty)."""
@@ -98,13 +99,14 @@ class Connection:
             self.closed = True
             return False
         transport.writelines(chunks)
-        if transport.get_write_buffer_size() == 0:
+        buffered = transport.get_write_buffer_size()
+        if buffered == 0:
             self.backlog_since = 0.0
             return True
-        return self._backlogged(transport)
+        return self._backlogged(transport, buffered)
 
-    def _backlogged(self, transport: asyncio.Transport) -> bool:
-        if transport.get_write_buffer_size() > self.high_water:
+    def _backlogged(self, transport: asyncio.Transport, buffered: int) -> bool:
+        if buffered > self.high_water:
             return self._too_slow(transport, "bytes")
         if not self.backlog_since:
             self.backlog_since = time.monotonic()
